@@ -1,0 +1,390 @@
+"""Metrics of the paper (Section 2 of PAPER.md): pure, vectorised tensor functions.
+
+* Consistency of feature importance: mask each input's top features by |attribution|
+  (:func:`top_feature_mask`, :func:`mask_features`) and measure the representation shift
+  ||f(x) - f(x_masked)||^2 (:func:`representation_shift`). A random ranking is obtained by passing
+  random attributions (e.g. ``torch.rand_like(inputs)``) to :func:`top_feature_mask`.
+* Consistency of example importance: the share of a test example's M most (and M least) important
+  training examples that carry its label (:func:`similarity_rates`).
+* Agreement between explanations: Pearson / Spearman correlation between flattened importance arrays
+  (:func:`pearson_matrix`, :func:`spearman_matrix`), averaged over off-diagonal pairs
+  (:func:`mean_off_diagonal`).
+
+:data:`HIGHER_IS_BETTER` says, for every metric, whether a higher value is better.
+No function loops over examples or features in Python; only :func:`representation_shift` loops over
+batches, to bound memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "HIGHER_IS_BETTER",
+    "percent_to_fraction",
+    "percent_to_count",
+    "top_feature_mask",
+    "mask_features",
+    "representation_shift",
+    "similarity_rates",
+    "pearson_matrix",
+    "spearman_matrix",
+    "mean_off_diagonal",
+]
+
+#: Whether a higher value of each metric is better. ``None``: descriptive, no preferred direction
+#: (correlations between explanations are reported, not optimised: the pretext experiment reads a
+#: moderate correlation, the VAE experiment asks whether it falls with beta).
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    # masking the most important features should move the representation the most
+    "representation_shift": True,
+    # the most important training examples should share the test example's label
+    "similarity_most": True,
+    # the least important training examples should rarely share it
+    "similarity_least": False,
+    "pearson": None,
+    "spearman": None,
+}
+
+_PERCENT_MAX = 100.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Percentages
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_percent(p: float, name: str = "p") -> float:
+    if isinstance(p, bool) or not isinstance(p, Real) or math.isnan(float(p)) or not 0 <= p <= _PERCENT_MAX:
+        raise ValueError(f"{name} must be a percentage in [0, 100], got {p!r}")
+    return float(p)
+
+
+def percent_to_fraction(p: float) -> float:
+    """Convert a percentage ``p`` in [0, 100] (the configs' unit) to a fraction in [0, 1]."""
+    return _check_percent(p) / _PERCENT_MAX
+
+
+def percent_to_count(percent: float, n: int) -> int:
+    """Number of items that make ``percent`` % of ``n``: ``round(percent / 100 * n)``, at least 1.
+
+    Used for the similarity rate's M, given in the paper as a percentage of the training subset.
+    """
+    percent = _check_percent(percent, "percent")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer (the number of items), got {n!r}")
+    return max(1, round(percent / _PERCENT_MAX * n))
+
+
+# --------------------------------------------------------------------------------------------------
+# Consistency of feature importance
+# --------------------------------------------------------------------------------------------------
+
+
+def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | None = 1) -> Tensor:
+    """Boolean mask of each example's top ``fraction`` of features by |attribution|.
+
+    Args:
+        attributions: ``[n, *shape]`` feature importances (images ``[n, C, H, W]``, sequences
+            ``[n, T, C]``, ...).
+        fraction: share of features to select, in [0, 1]; exactly
+            ``k = round(fraction * n_features)`` features are selected per example, also when
+            importances tie (ties are broken arbitrarily by ``torch.topk``).
+        channel_dim: dimension of ``attributions`` (not 0, the examples) that holds channels; the
+            importance of a feature is |attribution| summed over it, and a selected feature is masked
+            in all its channels. ``None``: every entry is its own feature. For a time series
+            ``[n, T, 1]`` pass ``2`` or ``-1``.
+
+    Returns:
+        ``Tensor[bool]`` shaped like ``attributions``; ``n_features`` counts features after the
+        channel reduction, so each example has ``k * C`` True entries.
+    """
+    if attributions.dim() < 2:
+        raise ValueError(
+            f"attributions must have shape [n, *feature_shape] with at least 2 dims, got shape "
+            f"{tuple(attributions.shape)}"
+        )
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 <= fraction <= 1:
+        raise ValueError(
+            f"fraction must be in [0, 1], got {fraction!r} (for a percentage p in [0, 100] use "
+            f"percent_to_fraction(p))"
+        )
+    if torch.isnan(attributions).any():
+        raise ValueError("attributions contain NaN; importances cannot be ranked")
+
+    importance = attributions.abs()
+    if channel_dim is not None:
+        ndim = attributions.dim()
+        if not -ndim <= channel_dim < ndim or channel_dim % ndim == 0:
+            raise ValueError(
+                f"channel_dim must be a feature dimension of attributions with shape "
+                f"{tuple(attributions.shape)} (1 to {ndim - 1}, or -{ndim - 1} to -1), or None; "
+                f"got {channel_dim}"
+            )
+        importance = importance.sum(dim=channel_dim, keepdim=True)
+
+    n = importance.shape[0]
+    flat = importance.reshape(n, -1)
+    k = round(fraction * flat.shape[1])
+    top = flat.topk(k, dim=1).indices
+    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True)
+    return mask.reshape(importance.shape).expand_as(attributions).clone()
+
+
+def mask_features(inputs: Tensor, mask: Tensor, baseline: float | Tensor) -> Tensor:
+    """Replace the entries of ``inputs`` where ``mask`` is True by ``baseline``.
+
+    Args:
+        inputs: ``[n, *shape]``.
+        mask: boolean, same shape as ``inputs`` (e.g. from :func:`top_feature_mask`).
+        baseline: a scalar (0 = black pixels for MNIST), a tensor broadcastable to one example's
+            shape (the mean normal heartbeat ``[T, 1]`` for ECG5000), or a tensor shaped like
+            ``inputs`` (a blurred copy of each CIFAR-10 image).
+
+    Returns:
+        ``x_masked = where(mask, baseline, inputs)``, shaped and typed like ``inputs``.
+    """
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
+    if mask.shape != inputs.shape:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not match inputs shape {tuple(inputs.shape)}"
+        )
+    baseline = torch.as_tensor(baseline, dtype=inputs.dtype, device=inputs.device)
+    try:
+        broadcast = torch.broadcast_shapes(baseline.shape, inputs.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != inputs.shape:
+        raise ValueError(
+            f"baseline shape {tuple(baseline.shape)} cannot be broadcast to inputs shape "
+            f"{tuple(inputs.shape)}; give a scalar, one example's shape {tuple(inputs.shape[1:])} "
+            f"or the inputs' shape"
+        )
+    return torch.where(mask.to(inputs.device), baseline, inputs)
+
+
+def _module_device(module: object) -> torch.device | None:
+    if isinstance(module, nn.Module):
+        parameter = next(module.parameters(), None)
+        if parameter is not None:
+            return parameter.device
+    return None
+
+
+def representation_shift(
+    encoder: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    masked_inputs: Tensor,
+    batch_size: int = 256,
+) -> Tensor:
+    """Representation shift ||f(x) - f(x_masked)||^2 of every example (higher is better).
+
+    The squared L2 norm is taken over the flattened latent. Computed without gradients, batch by
+    batch. If ``encoder`` is an ``nn.Module`` it is put in eval mode for the computation and every
+    submodule's train/eval flag is restored afterwards; batches are moved to the device of its
+    parameters. A plain callable is called as given (the caller is responsible for its mode).
+
+    Args:
+        encoder: f, maps ``[b, *shape]`` to ``[b, *latent_shape]``.
+        inputs, masked_inputs: ``[n, *shape]``, same shape.
+        batch_size: examples per forward pass.
+
+    Returns:
+        ``Tensor[n]`` on the CPU.
+    """
+    if inputs.shape != masked_inputs.shape:
+        raise ValueError(
+            f"inputs shape {tuple(inputs.shape)} does not match masked_inputs shape "
+            f"{tuple(masked_inputs.shape)}"
+        )
+    if inputs.dim() < 1:
+        raise ValueError("inputs must have a leading example dimension, got a scalar")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+    device = _module_device(encoder)
+    modes = {}
+    if isinstance(encoder, nn.Module):
+        modes = {module: module.training for module in encoder.modules()}
+        encoder.eval()
+    try:
+        shifts = []
+        with torch.no_grad():
+            for start in range(0, len(inputs), batch_size):
+                x = inputs[start : start + batch_size]
+                x_masked = masked_inputs[start : start + batch_size]
+                if device is not None:
+                    x, x_masked = x.to(device), x_masked.to(device)
+                h, h_masked = encoder(x), encoder(x_masked)
+                if not isinstance(h, Tensor) or h.shape[:1] != x.shape[:1]:
+                    raise ValueError(
+                        "encoder must return a tensor [batch, *latent_shape]; got "
+                        f"{type(h).__name__} {tuple(getattr(h, 'shape', ()))} for a batch of {len(x)}"
+                    )
+                shifts.append((h - h_masked).reshape(len(x), -1).pow(2).sum(dim=1).cpu())
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if not shifts:
+        return torch.zeros(0)
+    return torch.cat(shifts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Consistency of example importance
+# --------------------------------------------------------------------------------------------------
+
+
+def similarity_rates(
+    scores: Tensor, test_labels: Tensor, train_labels: Tensor, m: int
+) -> tuple[Tensor, Tensor]:
+    """Similarity rates of the ``m`` most and ``m`` least important training examples.
+
+    For each test example i, among the ``m`` training examples with the highest ``scores[i]`` the
+    fraction whose label equals ``test_labels[i]`` (``similarity_most``, higher is better), and the
+    same among the ``m`` lowest-scored (``similarity_least``, lower is better). Labels are used
+    here only, never to compute the scores. Ties in scores are broken arbitrarily by ``torch.topk``.
+
+    Args:
+        scores: ``[n_test, n_train]`` example importances (rows = test examples).
+        test_labels: ``[n_test]``.
+        train_labels: ``[n_train]``.
+        m: number of training examples kept, ``1 <= m <= n_train`` (see :func:`percent_to_count`).
+
+    Returns:
+        ``(similarity_most, similarity_least)``, each a float ``Tensor[n_test]`` on ``scores``' device.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must have shape [n_test, n_train], got shape {tuple(scores.shape)}")
+    if test_labels.dim() != 1 or train_labels.dim() != 1:
+        raise ValueError(
+            f"labels must be 1-D, got test_labels {tuple(test_labels.shape)} and train_labels "
+            f"{tuple(train_labels.shape)}"
+        )
+    n_test, n_train = scores.shape
+    if len(test_labels) != n_test:
+        raise ValueError(
+            f"scores has {n_test} rows (test examples) but test_labels has {len(test_labels)} entries"
+        )
+    if len(train_labels) != n_train:
+        raise ValueError(
+            f"scores has {n_train} columns (training examples) but train_labels has "
+            f"{len(train_labels)} entries"
+        )
+    if isinstance(m, bool) or not isinstance(m, int):
+        raise ValueError(f"M must be an integer number of training examples, got {m!r}")
+    if m > n_train:
+        raise ValueError(
+            f"M = {m} exceeds the {n_train} training examples (columns of scores); "
+            f"choose 1 <= M <= {n_train}"
+        )
+    if m < 1:
+        raise ValueError(f"M must be at least 1, got {m}")
+    if torch.isnan(scores).any():
+        raise ValueError("scores contain NaN; training examples cannot be ranked")
+
+    train_labels = train_labels.to(scores.device).expand(n_test, n_train)
+    test_labels = test_labels.to(scores.device).unsqueeze(1)
+
+    def rate(largest: bool) -> Tensor:
+        kept = scores.topk(m, dim=1, largest=largest).indices
+        same = train_labels.gather(1, kept) == test_labels
+        return same.float().mean(dim=1)
+
+    return rate(largest=True), rate(largest=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Correlation between explanations
+# --------------------------------------------------------------------------------------------------
+
+
+def _flatten_explanations(explanations: Tensor) -> Tensor:
+    if explanations.dim() < 2:
+        raise ValueError(
+            f"explanations must have shape [k, ...] (k explanations, each flattened), got shape "
+            f"{tuple(explanations.shape)}"
+        )
+    flat = explanations.reshape(len(explanations), -1)
+    if flat.shape[1] < 2:
+        raise ValueError(f"each explanation needs at least 2 entries to correlate, got {flat.shape[1]}")
+    return flat.double()
+
+
+def _pearson_rows(flat: Tensor) -> Tensor:
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    norms = centred.norm(dim=1)
+    # a constant row has zero norm: 0 / 0 = NaN, the correlation is undefined
+    return ((centred @ centred.T) / (norms[:, None] * norms[None, :])).clamp(-1.0, 1.0)
+
+
+def pearson_matrix(explanations: Tensor) -> Tensor:
+    """Pearson correlation between every pair of ``k`` flattened explanations.
+
+    Args:
+        explanations: ``[k, ...]``; explanation i is ``explanations[i]`` flattened (e.g. the
+            saliency maps of one model over the whole test set, or of one latent unit).
+
+    Returns:
+        ``Tensor[k, k]`` (float64): r_ij = cov(e_i, e_j) / (std(e_i) std(e_j)). A constant
+        explanation (e.g. the all-zero map of a collapsed VAE unit) has no defined correlation:
+        its row and column are NaN (the diagonal too). NaN entries propagate.
+    """
+    return _pearson_rows(_flatten_explanations(explanations))
+
+
+def _average_ranks(flat: Tensor) -> Tensor:
+    """Ranks 1..N of every row, tied values sharing their average rank (rows with NaN: NaN)."""
+    k, n = flat.shape
+    sorted_values, order = flat.sort(dim=1)
+    starts_group = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts_group[:, 1:] = sorted_values[:, 1:] != sorted_values[:, :-1]
+    # a group id unique across rows, so one scatter handles every row
+    group = starts_group.long().cumsum(dim=1) - 1 + n * torch.arange(k, device=flat.device)[:, None]
+    positions = torch.arange(1, n + 1, dtype=flat.dtype, device=flat.device).expand(k, n)
+    sums = torch.zeros(k * n, dtype=flat.dtype, device=flat.device).scatter_add_(
+        0, group.reshape(-1), positions.reshape(-1)
+    )
+    counts = torch.zeros(k * n, dtype=flat.dtype, device=flat.device).scatter_add_(
+        0, group.reshape(-1), torch.ones(k * n, dtype=flat.dtype, device=flat.device)
+    )
+    # a tie group occupies consecutive sorted positions, so its mean position is its average rank
+    mean_rank = sums[group] / counts[group]
+    ranks = torch.empty_like(flat).scatter_(1, order, mean_rank)
+    ranks[torch.isnan(flat).any(dim=1)] = math.nan
+    return ranks
+
+
+def spearman_matrix(explanations: Tensor) -> Tensor:
+    """Spearman rank correlation between every pair of ``k`` flattened explanations.
+
+    The Pearson correlation (:func:`pearson_matrix`) of the ranks, tied values receiving their
+    average rank (as ``scipy.stats.spearmanr``). Invariant to strictly increasing transforms of an
+    explanation. A constant explanation, or one containing NaN, gives NaN rows and columns.
+
+    Returns:
+        ``Tensor[k, k]`` (float64).
+    """
+    return _pearson_rows(_average_ranks(_flatten_explanations(explanations)))
+
+
+def mean_off_diagonal(matrix: Tensor, skip_nan: bool = False) -> float:
+    """Mean of the off-diagonal entries (i != j) of a square ``[k, k]`` matrix, k >= 2.
+
+    The paper's summary of a correlation matrix (average over pairs of models or latent units).
+    With ``skip_nan=False`` a NaN entry (a constant explanation) makes the result NaN; with
+    ``skip_nan=True`` NaN entries are left out (NaN if all are).
+    """
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be square [k, k], got shape {tuple(matrix.shape)}")
+    k = matrix.shape[0]
+    if k < 2:
+        raise ValueError(f"a {k}x{k} matrix has no off-diagonal entries; need k >= 2")
+    off_diagonal = matrix[~torch.eye(k, dtype=torch.bool, device=matrix.device)].double()
+    return float(off_diagonal.nanmean() if skip_nan else off_diagonal.mean())

@@ -1,0 +1,83 @@
+"""The one trainer: early stopping, best weights, checkpoints for TracIn, resume, determinism, NaN."""
+
+
+import pytest
+import torch
+
+from labelfree.io import load_torch
+from labelfree.models import AutoEncoder, GaussianNoise, Identity, MNISTDecoder, MNISTEncoder, RandomMask
+from labelfree.training import TrainConfig, TrainingDivergedError, evaluate, train
+
+
+def small_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g)
+    return x[: n - 32], x[n - 32 :]
+
+
+def make_model(perturbation=None, seed=0):
+    torch.manual_seed(seed)
+    return AutoEncoder(MNISTEncoder(4), MNISTDecoder(4), perturbation or Identity())
+
+
+def test_checkpoints_recorded_with_learning_rates_and_best_restored(tmp_path):
+    train_x, val_x = small_data()
+    model = make_model()
+    config = TrainConfig(epochs=4, batch_size=32, checkpoint_every=2, patience=10)
+    result = train(model, train_x, val_x, config, seed=0, checkpoint_dir=tmp_path)
+    assert [c.path.name for c in result.checkpoints] == ["epoch_0002.pt", "epoch_0004.pt"]
+    assert all(c.learning_rate == pytest.approx(1e-3) for c in result.checkpoints)
+    state = load_torch(result.checkpoints[0].path)
+    assert set(state) == set(model.state_dict())
+    assert len(result.history) == 4
+    best = min(h["val_loss"] for h in result.history)
+    assert result.best_val_loss == pytest.approx(best)
+    assert evaluate(model, val_x, None, 64, perturb=True) == pytest.approx(best, rel=1e-4)
+    assert not model.training
+
+
+def test_early_stopping_with_patience():
+    train_x, val_x = small_data()
+    model = make_model()
+    # lr 0 in effect: nothing improves after the first epoch, so training stops after 1 + patience epochs.
+    result = train(model, train_x, val_x, TrainConfig(epochs=50, batch_size=32, lr=1e-12, patience=2), seed=0)
+    assert len(result.history) <= 1 + 2 + 1
+
+
+def test_same_seed_same_numbers():
+    train_x, val_x = small_data()
+    runs = []
+    for _ in range(2):
+        model = make_model(GaussianNoise(0.3))
+        train(model, train_x, val_x, TrainConfig(epochs=2, batch_size=32), seed=5)
+        runs.append(model.state_dict())
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key])
+
+
+def test_resume_after_interruption_gives_same_weights(tmp_path):
+    train_x, val_x = small_data()
+    full = make_model(RandomMask(0.2))
+    train(full, train_x, val_x, TrainConfig(epochs=4, batch_size=32, checkpoint_every=1), seed=3, checkpoint_dir=tmp_path / "a")
+    # First two epochs, then a "restart" that must continue from last.pt to epoch 4.
+    part = make_model(RandomMask(0.2))
+    train(part, train_x, val_x, TrainConfig(epochs=2, batch_size=32, checkpoint_every=1), seed=3, checkpoint_dir=tmp_path / "b")
+    resumed = make_model(RandomMask(0.2), seed=99)  # different init: everything must come from last.pt
+    result = train(resumed, train_x, val_x, TrainConfig(epochs=4, batch_size=32, checkpoint_every=1), seed=3, checkpoint_dir=tmp_path / "b")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(value, resumed.state_dict()[key])
+
+
+def test_nan_loss_stops_with_clear_message():
+    train_x, val_x = small_data()
+    train_x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match="loss became nan at epoch 1"):
+        train(make_model(), train_x, val_x, TrainConfig(epochs=2, batch_size=200), seed=0)
+
+
+def test_bad_trainer_settings():
+    with pytest.raises(ValueError, match="Unknown optimizer 'rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        TrainConfig(epochs=0)
