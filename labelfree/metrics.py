@@ -75,9 +75,13 @@ def percent_to_count(percent: float, n: int) -> int:
 
     Used for the similarity rate's M, given in the paper as a percentage of the training subset.
     """
-    percent = _check_percent(percent, "percent")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer (the number of items), got {n!r}")
+    if isinstance(percent, (int, float)) and percent > _PERCENT_MAX:
+        raise ValueError(
+            f"M = {percent}% exceeds the {n} training examples of the subset; M is a percentage in [0, 100]"
+        )
+    percent = _check_percent(percent, "percent")
     return max(1, round(percent / _PERCENT_MAX * n))
 
 

@@ -36,10 +36,16 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A saved training state for TracIn: the model's ``state_dict`` at ``path``, trained at ``learning_rate``."""
+    """A saved training state for TracIn: the whole model's ``state_dict`` saved with ``torch.save``
+    at ``path``, and the learning rate in use when it was saved."""
 
     path: Path
     learning_rate: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ValueError(f"Checkpoint learning_rate must be a finite number >= 0, got {self.learning_rate!r}")
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,7 @@ def train(
             loss = model.pretext_loss(xb, yb, perturb=True).mean()
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
-                    f"{type(model).__name__}: loss became {float(loss)} at epoch {epoch} (lr={lr}); "
+                    f"{type(model).__name__}: loss became {float(loss.detach())} at epoch {epoch} (lr={lr}); "
                     "lower trainer.lr or check the inputs for NaN/inf values"
                 )
             optimizer.zero_grad(set_to_none=True)

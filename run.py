@@ -1,0 +1,18 @@
+"""Entry point: ``python run.py experiment=mnist_consistency [scale=quick] [seed=2] [logger=wandb]``."""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from labelfree.runner import run
+
+
+@hydra.main(config_path="configs", config_name="run", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Tests of the label-free example-importance explainers (labelfree/attribution/examples.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from labelfree.attribution.examples import (
+    DKNN,
+    EXAMPLE_EXPLAINERS,
+    Checkpoint,
+    InfluenceFunctions,
+    Objective,
+    RandomExampleImportance,
+    SimplEx,
+    TracIn,
+    requires_loss,
+)
+from labelfree.models import AutoEncoder, Identity, MNISTDecoder, MNISTEncoder, PretextModel
+
+# ----------------------------------------------------------------------------------------------
+# Small models
+# ----------------------------------------------------------------------------------------------
+
+
+def mnist_autoencoder(seed: int) -> AutoEncoder:
+    torch.manual_seed(seed)
+    model = AutoEncoder(MNISTEncoder(4), MNISTDecoder(4), Identity())
+    with torch.no_grad():  # non-trivial running statistics, so that eval mode matters
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+class ConstantHessianModel(PretextModel):
+    """Linear encoder; loss_n = mean_j ||encoder(c_j) - x_n||^2 with fixed probes c_j.
+
+    Every example has the same Hessian w.r.t. the encoder parameters (it depends on the probes only),
+    so LiSSA's sampled batches all give the exact Hessian of the training loss.
+    """
+
+    def __init__(self, in_dim: int = 3, out_dim: int = 2, n_probes: int = 20) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(in_dim, out_dim)
+        self.register_buffer("probes", torch.randn(n_probes, in_dim))
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        outputs = self.encoder(self.probes)  # [K, out_dim]
+        return (outputs[None] - x[:, None, :]).pow(2).sum(-1).mean(-1)
+
+
+class LinearAutoEncoder(PretextModel):
+    """Linear encoder and decoder, squared reconstruction error: per-example Hessians differ."""
+
+    def __init__(self, dim: int = 5, latent: int = 2) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(dim, latent)
+        self.decoder = nn.Linear(latent, dim)
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        return (self.decoder(self.encoder(x)) - x).pow(2).mean(1)
+
+
+class TinyClassifier(PretextModel):
+    """Supervised pretext: encoder + linear head, cross-entropy (uses labels)."""
+
+    def __init__(self, dim: int = 5, latent: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(dim, latent), nn.Tanh())
+        self.head = nn.Linear(latent, classes)
+
+    @property
+    def uses_labels(self) -> bool:
+        return True
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        return F.cross_entropy(self.head(self.encoder(x)), y, reduction="none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference computations with plain autograd
+# ----------------------------------------------------------------------------------------------
+
+
+def loop_grads(model: PretextModel, x: Tensor, y: Tensor | None = None) -> Tensor:
+    """Per-example gradients w.r.t. the encoder parameters, one torch.autograd.grad call per example."""
+    model = copy.deepcopy(model).eval()
+    params = list(model.encoder.parameters())
+    rows = []
+    for i in range(len(x)):
+        loss = model.pretext_loss(x[i : i + 1], None if y is None else y[i : i + 1])[0]
+        rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(rows)
+
+
+class _MeanPretextLoss(nn.Module):
+    def __init__(self, model: PretextModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.pretext_loss(x).mean()
+
+
+def encoder_hessian(model: PretextModel, x: Tensor) -> Tensor:
+    """Exact Hessian ``[P, P]`` of the mean loss of ``x`` w.r.t. the flattened encoder parameters."""
+    named = list(model.encoder.named_parameters())
+    flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+    wrapper = _MeanPretextLoss(model)
+
+    def mean_loss(theta: Tensor) -> Tensor:
+        params, start = {}, 0
+        for name, p in named:
+            params[f"model.encoder.{name}"] = theta[start : start + p.numel()].view(p.shape)
+            start += p.numel()
+        return functional_call(wrapper, params, (x,))
+
+    return torch.autograd.functional.hessian(mean_loss, flat)
+
+
+def snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, bool], dict[str, bool]]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    return state, modes, flags
+
+
+def assert_unchanged(model: nn.Module, before: tuple) -> None:
+    state, modes, flags = snapshot(model)
+    assert modes == before[1]
+    assert flags == before[2]
+    assert state.keys() == before[0].keys()
+    for key in state:
+        assert torch.equal(state[key], before[0][key]), key
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def images() -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(6, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
+
+
+@pytest.fixture
+def checkpoints(tmp_path) -> list[Checkpoint]:  # noqa: ANN001
+    result = []
+    for seed, lr in [(1, 0.5), (2, 2.0)]:
+        path = tmp_path / f"checkpoint_{seed}.pt"
+        torch.save(mnist_autoencoder(seed).state_dict(), path)
+        result.append(Checkpoint(path, lr))
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Objective
+# ----------------------------------------------------------------------------------------------
+
+
+def test_per_example_grads_match_loop_and_chunking(images) -> None:  # noqa: ANN001
+    model = mnist_autoencoder(0)
+    x = torch.cat(images)
+    objective = Objective(model)
+    grads = objective.per_example_grads(x, chunk_size=3)
+    assert grads.shape == (10, objective.n_params)
+    assert objective.n_params == sum(p.numel() for p in model.encoder.parameters())
+    torch.testing.assert_close(grads, loop_grads(model, x), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(objective.per_example_grads(x, chunk_size=64), grads, rtol=1e-5, atol=1e-7)
+
+
+def test_hvp_matches_exact_hessian() -> None:
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    x = torch.randn(7, 5, dtype=torch.double)
+    objective = Objective(model)
+    hessian = encoder_hessian(model, x)
+    vectors = torch.randn(objective.n_params, 4, dtype=torch.double)
+    expected = hessian @ vectors
+    torch.testing.assert_close(objective.hvp(x, vectors), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(objective.hvp(x, vectors, vector_chunk_size=3), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_objective_rejects_unknown_submodule() -> None:
+    with pytest.raises(ValueError, match="not a submodule"):
+        Objective(LinearAutoEncoder(), wrt="backbone")
+
+
+# ----------------------------------------------------------------------------------------------
+# TracIn
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tracin_equals_explicit_gradient_loop(images, checkpoints) -> None:  # noqa: ANN001
+    train_x, test_x = images
+    model = mnist_autoencoder(0)
+    scores = TracIn(Objective(model), checkpoints, chunk_size=4).fit(train_x).attribute(test_x)
+
+    expected = torch.zeros(len(test_x), len(train_x))
+    for checkpoint in checkpoints:
+        at_checkpoint = copy.deepcopy(model)
+        at_checkpoint.load_state_dict(torch.load(checkpoint.path, weights_only=True))
+        expected += checkpoint.learning_rate * loop_grads(at_checkpoint, test_x) @ loop_grads(at_checkpoint, train_x).T
+    assert scores.shape == (4, 6) and scores.device.type == "cpu"
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def test_tracin_with_labels(tmp_path) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = TinyClassifier()
+    path = tmp_path / "c.pt"
+    torch.save(model.state_dict(), path)
+    x, y = torch.randn(8, 5), torch.randint(4, (8,))
+    explainer = TracIn(Objective(model), [Checkpoint(str(path), 1.0)]).fit(x[:5], y[:5])
+    grads_train, grads_test = loop_grads(model, x[:5], y[:5]), loop_grads(model, x[5:], y[5:])
+    torch.testing.assert_close(explainer.attribute(x[5:], y[5:]), grads_test @ grads_train.T, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="test_y is required"):
+        explainer.attribute(x[5:])
+
+
+def test_explainers_leave_model_unchanged(images, checkpoints) -> None:  # noqa: ANN001
+    train_x, test_x = images
+    model = mnist_autoencoder(0).train()
+    model.decoder.conv[1].eval()  # mixed modes must be restored as they were
+    for p in model.decoder.parameters():
+        p.requires_grad_(False)
+    before = snapshot(model)
+    objective = Objective(model)
+
+    TracIn(objective, checkpoints).fit(train_x).attribute(test_x)
+    assert_unchanged(model, before)
+    InfluenceFunctions(objective, depth=2, batch_size=3).fit(train_x).attribute(test_x)
+    assert_unchanged(model, before)
+    SimplEx(model.encoder, steps=5).fit(train_x).attribute(test_x)
+    assert_unchanged(model, before)
+    DKNN(model.encoder).fit(train_x).attribute(test_x)
+    assert_unchanged(model, before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Influence functions
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def constant_hessian_setup() -> tuple[ConstantHessianModel, Tensor, Tensor, Tensor]:
+    torch.manual_seed(0)
+    model = ConstantHessianModel().double()
+    train_x, test_x = torch.randn(9, 2, dtype=torch.double), torch.randn(4, 2, dtype=torch.double)
+    hessian = encoder_hessian(model, train_x)
+    # every example has the same Hessian, so any sampled batch gives the exact one
+    torch.testing.assert_close(encoder_hessian(model, train_x[:1]), hessian)
+    return model, train_x, test_x, hessian
+
+
+def test_influence_functions_converge_to_exact_damped_inverse(constant_hessian_setup) -> None:  # noqa: ANN001
+    model, train_x, test_x, hessian = constant_hessian_setup
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    assert eigenvalues.min() > 0
+    # contraction per step: 1 - damping - min(eigenvalue) / scale, about 0.8 here
+    scale, damping = (eigenvalues.max() + eigenvalues.min()).item(), 1e-3
+    explainer = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=200, batch_size=4)
+    scores = explainer.fit(train_x).attribute(test_x)
+
+    # LiSSA's fixed point: h = v + (1 - damping) h - H h / scale  <=>  h / scale = (H + damping scale I)^{-1} v
+    damped = hessian + damping * scale * torch.eye(len(hessian), dtype=hessian.dtype)
+    grads_train, grads_test = loop_grads(model, train_x), loop_grads(model, test_x)
+    expected = grads_test @ torch.linalg.solve(damped, grads_train.T)
+    torch.testing.assert_close(scores, expected, rtol=1e-9, atol=1e-12)
+    # H^{-1} symmetric: the orientation (rows = test) matters only through which gradients are which
+    assert scores.shape == (4, 9)
+
+
+def test_influence_functions_finite_depth_is_truncated_neumann_series(constant_hessian_setup) -> None:  # noqa: ANN001
+    model, train_x, test_x, hessian = constant_hessian_setup
+    scale, damping, depth = 10.0 * torch.linalg.eigvalsh(hessian).max().item(), 0.05, 7
+    scores = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=2)
+    scores = scores.fit(train_x).attribute(test_x)
+
+    identity = torch.eye(len(hessian), dtype=hessian.dtype)
+    step = (1 - damping) * identity - hessian / scale  # h_j = v + step h_{j-1}
+    series = sum(torch.linalg.matrix_power(step, j) for j in range(depth + 1)) / scale
+    grads_train, grads_test = loop_grads(model, train_x), loop_grads(model, test_x)
+    torch.testing.assert_close(scores, grads_test @ series @ grads_train.T, rtol=1e-10, atol=1e-12)
+
+
+def test_influence_functions_seeded_sampling() -> None:
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(3, 5, dtype=torch.double)
+
+    def run(seed: int, repeats: int = 1) -> Tensor:
+        explainer = InfluenceFunctions(Objective(model), scale=50.0, depth=20, batch_size=4, seed=seed, repeats=repeats)
+        return explainer.fit(train_x).attribute(test_x)
+
+    first = run(3)
+    torch.testing.assert_close(run(3), first, rtol=0, atol=0)
+    assert not torch.allclose(run(4), first)
+    assert torch.isfinite(run(3, repeats=2)).all()
+
+
+def test_influence_functions_divergence_is_reported() -> None:
+    torch.manual_seed(0)
+    model = ConstantHessianModel().double()
+    train_x = torch.randn(5, 2, dtype=torch.double)
+    explainer = InfluenceFunctions(Objective(model), scale=1e-3, depth=2000, batch_size=2).fit(train_x)
+    with pytest.raises(RuntimeError, match="diverged"):
+        explainer.attribute(train_x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Representation-based explainers and the random baseline
+# ----------------------------------------------------------------------------------------------
+
+
+def test_dknn_ranks_by_distance() -> None:
+    train = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [2.0, 2.0]])
+    test = torch.tensor([[0.9, 0.1], [0.0, 0.0]])
+    explainer = DKNN(nn.Identity(), eps=1e-6).fit(train)
+    scores = explainer.attribute(test)
+    expected = 1.0 / (torch.cdist(test, train).pow(2) + 1e-6)
+    torch.testing.assert_close(scores, expected)
+    assert scores[0].argmax() == 1 and scores[1].argmax() == 0
+    assert torch.equal(scores[0].argsort(descending=True), torch.tensor([1, 0, 3, 2]))
+    assert torch.isfinite(scores).all() and scores[1, 0] == pytest.approx(1e6)
+
+
+def test_dknn_zero_distance_is_finite_with_many_points() -> None:
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(300, 16, generator=g) * 100  # large norms: the matrix-product shortcut would round off
+    scores = DKNN(nn.Identity()).fit(train).attribute(train[:40])
+    assert torch.isfinite(scores).all()
+    assert torch.equal(scores.argmax(1), torch.arange(40))
+    torch.testing.assert_close(scores[torch.arange(40), torch.arange(40)], torch.full((40,), 1e8))
+
+
+def test_simplex_weights_are_convex_and_recover_training_points() -> None:
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 4, generator=g)  # d = 4 as in the paper: convex combinations are not unique
+    members = torch.randperm(200, generator=g)[:30]
+    test = torch.cat([train[members], torch.randn(10, 4, generator=g) * 3])
+    explainer = SimplEx(nn.Identity()).fit(train)
+    weights = explainer.attribute(test)
+    assert weights.shape == (40, 200)
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(1), torch.ones(40))
+    assert torch.equal(weights[:30].argmax(1), members)
+    assert weights[torch.arange(30), members].median() > 0.9  # most of the weight, not always all of it
+    assert explainer.reconstruction_error[:30].max() < 1e-3
+    torch.testing.assert_close(
+        explainer.reconstruction_error, (weights @ train - test).pow(2).sum(1), rtol=1e-4, atol=1e-6
+    )
+    torch.testing.assert_close(SimplEx(nn.Identity()).fit(train).attribute(test), weights, rtol=0, atol=0)
+
+
+def test_random_is_deterministic_for_a_seed() -> None:
+    x_train, x_test = torch.zeros(7, 3), torch.zeros(5, 3)
+    first = RandomExampleImportance(seed=1).fit(x_train).attribute(x_test)
+    assert first.shape == (5, 7)
+    torch.testing.assert_close(RandomExampleImportance(seed=1).fit(x_train).attribute(x_test), first, rtol=0, atol=0)
+    assert not torch.equal(RandomExampleImportance(seed=2).fit(x_train).attribute(x_test), first)
+
+
+# ----------------------------------------------------------------------------------------------
+# Contract: errors and registry
+# ----------------------------------------------------------------------------------------------
+
+
+def test_attribute_before_fit_raises(checkpoints) -> None:  # noqa: ANN001
+    objective = Objective(mnist_autoencoder(0))
+    explainers = [
+        TracIn(objective, checkpoints),
+        InfluenceFunctions(objective),
+        SimplEx(nn.Identity()),
+        DKNN(nn.Identity()),
+        RandomExampleImportance(0),
+    ]
+    for explainer in explainers:
+        with pytest.raises(RuntimeError, match="before fit"):
+            explainer.attribute(torch.zeros(2, 1, 28, 28))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda o: InfluenceFunctions(o, damping=-1e-3),
+        lambda o: InfluenceFunctions(o, scale=0.0),
+        lambda o: InfluenceFunctions(o, depth=0),
+        lambda o: InfluenceFunctions(o, batch_size=0),
+        lambda o: InfluenceFunctions(o, repeats=0),
+        lambda o: InfluenceFunctions(o, vector_chunk_size=0),
+        lambda o: TracIn(o, []),
+        lambda o: TracIn(o, [Checkpoint("c.pt", 1.0)], chunk_size=0),
+        lambda o: Checkpoint("c.pt", -1.0),
+        lambda o: SimplEx(o.model.encoder, steps=0),
+        lambda o: SimplEx(o.model.encoder, lr=-1.0),
+        lambda o: DKNN(o.model.encoder, eps=0.0),
+        lambda o: o.per_example_grads(torch.zeros(2, 5), chunk_size=0),
+        lambda o: o.hvp(torch.zeros(2, 5), torch.zeros(3, 1)),
+    ],
+)
+def test_bad_arguments_raise_value_error(build) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError):
+        build(Objective(LinearAutoEncoder()))
+
+
+def test_registry() -> None:
+    assert set(EXAMPLE_EXPLAINERS) == {"influence_functions", "tracin", "simplex", "dknn", "random"}
+    assert requires_loss("influence_functions") and requires_loss("tracin")
+    assert not any(requires_loss(name) for name in ["simplex", "dknn", "random"])
+    with pytest.raises(ValueError, match="accepted"):
+        requires_loss("shapley")

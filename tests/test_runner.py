@@ -1,0 +1,88 @@
+"""End-to-end smoke runs through Hydra's compose API, model caching, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from labelfree.runner import run
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path):
+    cfg = compose_config(f"experiment={experiment}", "scale=smoke")
+    run_dir = tmp_path / "run"
+    summary = run(cfg, run_dir)
+    assert (run_dir / "config.yaml").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["scale"] == "smoke"
+    assert summary["model_cached"] is False
+    for csv in run_dir.glob("*.csv"):
+        frame = pd.read_csv(csv)
+        assert {"method", "level", "metric", "value", "seed"} <= set(frame.columns)
+        assert frame["value"].notna().all()
+    for stem in {p.stem for p in run_dir.glob("*.csv")}:
+        assert (run_dir / f"{stem}.png").exists() and (run_dir / f"{stem}.pdf").exists()
+    assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_consistency_smoke_tables(compose_config, tmp_path):
+    cfg = compose_config("experiment=mnist_consistency", "scale=smoke")
+    run(cfg, tmp_path / "a")
+    features = pd.read_csv(tmp_path / "a" / "consistency_features.csv")
+    examples = pd.read_csv(tmp_path / "a" / "consistency_examples.csv")
+    assert set(features["method"]) == set(cfg.protocol.features.explainers)
+    assert sorted(features["level"].unique()) == sorted(cfg.protocol.features.percents)
+    # At 100% every ranking masks everything: the same shift for every method.
+    full = features[features["level"] == 100]["value"]
+    assert full.max() - full.min() < 1e-5 * max(1.0, full.abs().max())
+    assert set(examples["method"]) == set(cfg.protocol.examples.explainers)
+    # At M = 100% both rates are the share of the test label in the balanced subset: 1 / n_classes.
+    at_full = examples[examples["level"] == 100]
+    assert at_full["value"].round(6).eq(0.1).all()
+
+
+def test_second_run_loads_cached_model_and_gives_same_numbers(compose_config, tmp_path):
+    cfg = compose_config("experiment=mnist_consistency", "scale=smoke", "protocol.examples.explainers=[tracin,dknn]")
+    first = run(cfg, tmp_path / "first")
+    second = run(cfg, tmp_path / "second")
+    assert first["model_cached"] is False and second["model_cached"] is True
+    for name in ("consistency_features.csv", "consistency_examples.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "first" / name), pd.read_csv(tmp_path / "second" / name))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset.name=imagenet", "Unknown dataset 'imagenet'; accepted"),
+        ("model.name=transformer", "Unknown model 'transformer'; accepted"),
+        ("protocol.features.explainers=[lime]", "Unknown feature explainer 'lime'; accepted"),
+        ("protocol.examples.explainers=[shapley]", "Unknown example explainer 'shapley'; accepted"),
+        ("protocol.features.percents=[5,150]", "p must be a percentage in \\[0, 100\\], got 150"),
+        ("protocol.examples.percents=[5,150]", "exceeds"),
+        ("protocol.name=roar_typo", "Unknown protocol 'roar_typo'; accepted"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(compose_config, tmp_path, override, message):
+    cfg = compose_config("experiment=mnist_consistency", "scale=smoke", override)
+    with pytest.raises(ValueError, match=message):
+        run(cfg, tmp_path / "bad")
+
+
+def test_unknown_config_group_option_is_refused_by_hydra(compose_config):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="dataset"):
+        compose_config("dataset=imagenet")
+
+
+def test_missing_data_offline_names_files(compose_config, tmp_path):
+    from labelfree.data import DataNotFoundError
+
+    cfg = compose_config("experiment=mnist_consistency", "scale=smoke", f"paths.data_dir={tmp_path / 'empty'}")
+    with pytest.raises(DataNotFoundError, match="train-images-idx3-ubyte"):
+        run(cfg, tmp_path / "bad")
