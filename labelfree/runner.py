@@ -12,7 +12,8 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,13 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
 
-def model_cache_key(cfg: DictConfig) -> str:
-    """A hash of everything that determines the trained weights: data, model, trainer, seed, device."""
+def model_cache_key(cfg: DictConfig, variant: str = "default") -> str:
+    """A hash of everything that determines the trained weights: data (and split variant), model, trainer, seed, device."""
     dataset = {k: v for k, v in _container(cfg.dataset).items() if k != "download"}
     payload = {
         "format": CACHE_FORMAT,
         "dataset": dataset,
+        "variant": variant,
         "model": _container(cfg.model),
         "trainer": _container(cfg.trainer),
         "seed": int(cfg.seed),
@@ -89,8 +91,8 @@ def train_or_load(cfg: DictConfig, data: DataSplits) -> tuple[PretextModel, list
     An interrupted training resumes from the cache folder's ``checkpoints/last.pt``.
     """
     model = build_model(cfg.model)
-    key = model_cache_key(cfg)
-    folder = Path(cfg.paths.cache_dir).expanduser().resolve() / "models" / f"{data.name}-{cfg.model.pretext}-seed{cfg.seed}-{key}"
+    key = model_cache_key(cfg, data.variant)
+    folder = Path(cfg.paths.cache_dir).expanduser().resolve() / "models" / f"{data.name}-{data.variant}-{cfg.model.pretext}-seed{cfg.seed}-{key}"
     weights, info_path = folder / "model.pt", folder / "train.json"
     device = resolve_device(cfg.device)
     if weights.exists() and info_path.exists():
@@ -176,47 +178,104 @@ def build_example_explainers(
 
 
 # -------------------------------------------------------------------------------------- protocols
-def run_consistency(
-    cfg: DictConfig, model: PretextModel, data: DataSplits, checkpoints: Sequence[Checkpoint], run_dir: Path, tracker: CSVTracker
-) -> dict[str, Any]:
+@dataclass
+class Trained:
+    """A data split and the model trained on it (with its TracIn checkpoints and training summary)."""
+
+    data: DataSplits
+    model: PretextModel
+    checkpoints: list[Checkpoint]
+    info: dict[str, Any]
+
+
+class Workbench:
+    """Hands each check its data and trained model; checks that share a split share one model."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self._trained: dict[str, Trained] = {}
+
+    def get(self, purpose: str) -> Trained:
+        """The split for ``purpose`` (``features`` or ``examples``) and its model, trained or loaded once."""
+        cfg = self.cfg
+        data = build_dataset(cfg.dataset, Path(cfg.paths.data_dir).expanduser(), seed=int(cfg.seed), purpose=purpose)
+        if data.variant not in self._trained:
+            model, checkpoints, info = train_or_load(cfg, data)
+            self._trained[data.variant] = Trained(data, model, checkpoints, info)
+        return self._trained[data.variant]
+
+    def training_summary(self) -> dict[str, Any]:
+        """Per split variant: whether the model came from the cache, epochs, best epoch and loss, seconds."""
+        return {
+            variant: {
+                "model_cached": t.info["cached"],
+                "train_seconds": t.info.get("train_seconds"),
+                "epochs_trained": len(t.info["history"]),
+                "best_epoch": t.info["best_epoch"],
+                "best_val_loss": t.info["best_val_loss"],
+                "n_train": len(t.data.train_x),
+                "n_val": len(t.data.val_x),
+            }
+            for variant, t in self._trained.items()
+        }
+
+
+def _identify(cfg: DictConfig, data: DataSplits, frame: pd.DataFrame) -> pd.DataFrame:
+    ident = {
+        "experiment": cfg.get("experiment") or "adhoc",
+        "dataset": data.name,
+        "model": f"{cfg.model.name}:{cfg.model.get('pretext', '')}",
+        "seed": int(cfg.seed),
+    }
+    return pd.DataFrame([{**ident, **row} for row in frame.to_dict("records")])
+
+
+def _write_check(name: str, frame: pd.DataFrame, figure: Any, run_dir: Path, tracker: CSVTracker) -> None:
+    save_csv(frame, run_dir / f"{name}.csv")
+    png = save_figure(figure, run_dir / name)[0]
+    tracker.log_table(name, frame)
+    tracker.log_figure(name, png)
+
+
+def run_consistency(cfg: DictConfig, bench: Workbench, run_dir: Path, tracker: CSVTracker) -> dict[str, Any]:
     """Both consistency checks (PAPER.md section 2); writes CSVs and figures; returns summary entries."""
     from experiments.consistency_examples import consistency_examples
     from experiments.consistency_features import consistency_features
 
-    protocol, summary = cfg.protocol, {}
-    title = f"{data.name} ({cfg.model.pretext} {cfg.model.name}, seed {cfg.seed})"
-    ident = {"experiment": cfg.get("experiment") or "adhoc", "dataset": data.name, "model": str(cfg.model.pretext), "seed": int(cfg.seed)}
+    protocol, summary, seed = cfg.protocol, {}, int(cfg.seed)
     if protocol.features.enabled:
         start = time.perf_counter()
+        trained = bench.get("features")
+        seed_everything(seed)  # the same draws whether the model was trained now or loaded
+        data, encoder = trained.data, trained.model.encoder
         test_x = data.test_x
         if protocol.features.n_test is not None:
-            order = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(int(cfg.seed)))
+            order = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(seed))
             test_x = test_x[order[: int(protocol.features.n_test)]]
-        explainers, kwargs = build_feature_explainers(cfg, list(protocol.features.explainers), model.encoder)
+        explainers, kwargs = build_feature_explainers(cfg, list(protocol.features.explainers), encoder)
         frame = consistency_features(
-            model.encoder, test_x, data.baseline, explainers, kwargs, list(protocol.features.percents),
+            encoder, test_x, data.baseline, explainers, kwargs, list(protocol.features.percents),
             channel_dim=data.channel_dim, batch_size=int(protocol.features.batch_size),
         )
-        frame = pd.DataFrame([{**ident, **row} for row in frame.to_dict("records")])
-        save_csv(frame, run_dir / "consistency_features.csv")
-        figure = save_figure(plot_representation_shift(frame, title), run_dir / "consistency_features")
-        tracker.log_table("consistency_features", frame)
-        tracker.log_figure("consistency_features", figure[0])
+        frame = _identify(cfg, data, frame)
+        title = f"{data.name}: feature importance (seed {seed})"
+        _write_check("consistency_features", frame, plot_representation_shift(frame, title), run_dir, tracker)
         summary["features_seconds"] = time.perf_counter() - start
     if protocol.examples.enabled:
         start = time.perf_counter()
-        train_idx = balanced_subset(data.train_y, int(protocol.examples.train_per_class), seed=int(cfg.seed))
-        test_idx = balanced_subset(data.test_y, int(protocol.examples.test_per_class), seed=int(cfg.seed))
-        explainers = build_example_explainers(cfg, list(protocol.examples.explainers), model, checkpoints)
+        trained = bench.get("examples")
+        seed_everything(seed)
+        data, model = trained.data, trained.model
+        train_idx = balanced_subset(data.train_y, int(protocol.examples.train_per_class), seed=seed)
+        test_idx = balanced_subset(data.test_y, int(protocol.examples.test_per_class), seed=seed)
+        explainers = build_example_explainers(cfg, list(protocol.examples.explainers), model, trained.checkpoints)
         frame, seconds = consistency_examples(
             explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx], data.test_y[test_idx],
             list(protocol.examples.percents), fit_labels=model.uses_labels,
         )
-        frame = pd.DataFrame([{**ident, **row} for row in frame.to_dict("records")])
-        save_csv(frame, run_dir / "consistency_examples.csv")
-        figure = save_figure(plot_similarity_rates(frame, title), run_dir / "consistency_examples")
-        tracker.log_table("consistency_examples", frame)
-        tracker.log_figure("consistency_examples", figure[0])
+        frame = _identify(cfg, data, frame)
+        title = f"{data.name}: example importance (seed {seed})"
+        _write_check("consistency_examples", frame, plot_similarity_rates(frame, title), run_dir, tracker)
         summary["examples_seconds"] = time.perf_counter() - start
         summary["example_explainer_seconds"] = seconds
     return summary
@@ -237,12 +296,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
     seed_everything(int(cfg.seed))
-    data = build_dataset(cfg.dataset, Path(cfg.paths.data_dir).expanduser(), seed=int(cfg.seed))
-    model, checkpoints, train_info = train_or_load(cfg, data)
+    bench = Workbench(cfg)
     name = f"{cfg.get('experiment') or 'adhoc'}-{cfg.scale.name}-seed{cfg.seed}"
     tracker = make_tracker(_container(cfg.logger), _container(cfg), run_dir, name)
     try:
-        seed_everything(int(cfg.seed))
         summary: dict[str, Any] = {
             "experiment": cfg.get("experiment"),
             "scale": cfg.scale.name,
@@ -250,13 +307,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "device": resolve_device(cfg.device).type,
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "model_cached": train_info["cached"],
-            "train_seconds": train_info.get("train_seconds"),
-            "epochs_trained": len(train_info["history"]),
-            "best_epoch": train_info["best_epoch"],
-            "best_val_loss": train_info["best_val_loss"],
         }
-        summary.update(PROTOCOLS[protocol](cfg, model, data, checkpoints, run_dir, tracker))
+        summary.update(PROTOCOLS[protocol](cfg, bench, run_dir, tracker))
+        summary["training"] = bench.training_summary()
+        summary["model_cached"] = all(t["model_cached"] for t in summary["training"].values())
         summary["wall_seconds"] = time.perf_counter() - start
         save_json(summary, run_dir / "summary.json")
         tracker.log_summary(summary)

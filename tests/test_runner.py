@@ -86,3 +86,20 @@ def test_missing_data_offline_names_files(compose_config, tmp_path):
     cfg = compose_config("experiment=mnist_consistency", "scale=smoke", f"paths.data_dir={tmp_path / 'empty'}")
     with pytest.raises(DataNotFoundError, match="train-images-idx3-ubyte"):
         run(cfg, tmp_path / "bad")
+
+
+def test_wandb_logger_offline(compose_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config(
+        "experiment=mnist_consistency",
+        "scale=smoke",
+        "logger=wandb",
+        "protocol.examples.enabled=false",
+        "protocol.features.explainers=[saliency,random_features]",
+    )
+    run_dir = tmp_path / "wandb_run"
+    run(cfg, run_dir)
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, "wandb should have written one offline run under the run directory"
+    assert list(offline[0].glob("*.wandb")), "the offline run holds no logged data"

@@ -150,6 +150,12 @@ class Objective:
     loss: LossFn = pretext_objective_loss
 
     def __post_init__(self) -> None:
+        if not getattr(self.model, "per_example_loss", True):
+            raise ValueError(
+                f"{type(self.model).__name__}'s pretext loss couples the examples of a batch (a contrastive "
+                "loss), so loss-based example importance (influence functions, TracIn) is not defined for it; "
+                "use a representation-based explainer (simplex, dknn)"
+            )
         try:
             submodule = self.model.get_submodule(self.wrt)
         except AttributeError as error:

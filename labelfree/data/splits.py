@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,24 +17,28 @@ from labelfree.data.subsets import balanced_subset, train_val_split
 log = logging.getLogger(__name__)
 
 DATASETS = ("mnist",)
+PURPOSES = ("features", "examples")
 
 
 @dataclass
 class DataSplits:
     """In-memory splits ``x [n, *input_shape]``, ``y [n]`` and the masking ``baseline``.
 
-    ``baseline`` is a scalar or a tensor broadcastable to one input; ``channel_dim`` is the dim of a
-    batch summed over when features are ranked (1 for images).
+    ``baseline`` is a scalar, a tensor broadcastable to one input, or a function of a batch that
+    returns one baseline per input (a blurred copy); ``channel_dim`` is the dim of a batch summed
+    over when features are ranked (1 for images). ``variant`` names the split, so that two checks
+    that need differently trained models (ECG5000) never share a cached model.
     """
 
     name: str
+    variant: str
     train_x: Tensor
     train_y: Tensor
     val_x: Tensor
     val_y: Tensor
     test_x: Tensor
     test_y: Tensor
-    baseline: float | Tensor
+    baseline: float | Tensor | Callable[[Tensor], Tensor]
     channel_dim: int | None
 
 
@@ -45,8 +49,14 @@ def _subset(x: Tensor, y: Tensor, per_class: int | None, seed: int) -> tuple[Ten
     return x[idx], y[idx]
 
 
-def build_dataset(config: Mapping[str, Any], data_dir: str | Path, seed: int) -> DataSplits:
-    """Load the dataset named ``config['name']`` from ``data_dir`` and split it (deterministic for ``seed``)."""
+def build_dataset(config: Mapping[str, Any], data_dir: str | Path, seed: int, purpose: str = "features") -> DataSplits:
+    """Load the dataset named ``config['name']`` from ``data_dir`` and split it (deterministic for ``seed``).
+
+    ``purpose`` is the check the data serves (``features`` or ``examples``); datasets whose paper
+    protocol trains a different model per check (ECG5000) return a different split for each.
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"Unknown data purpose {purpose!r}; accepted: {list(PURPOSES)}")
     name = config.get("name")
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; accepted: {list(DATASETS)}")
@@ -59,6 +69,7 @@ def build_dataset(config: Mapping[str, Any], data_dir: str | Path, seed: int) ->
     log.info("%s: %d train, %d validation, %d test examples", name, len(fit_idx), len(val_idx), len(test_x))
     return DataSplits(
         name=str(name),
+        variant="default",
         train_x=train_x[fit_idx],
         train_y=train_y[fit_idx],
         val_x=train_x[val_idx],
@@ -70,8 +81,10 @@ def build_dataset(config: Mapping[str, Any], data_dir: str | Path, seed: int) ->
     )
 
 
-def baseline_like(baseline: float | Tensor, inputs: Tensor) -> Tensor:
+def baseline_like(baseline: float | Tensor | Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
     """The baseline as a tensor shaped like ``inputs`` ``[n, *input_shape]``."""
+    if callable(baseline) and not isinstance(baseline, Tensor):
+        return baseline(inputs)
     if isinstance(baseline, Tensor):
         return baseline.to(inputs).expand_as(inputs).clone()
     return torch.full_like(inputs, float(baseline))

@@ -11,6 +11,8 @@ model through this contract:
 * ``model.pretext_loss(x, y, perturb) -> Tensor[n]``: the per-example training loss. With
   ``perturb=False`` it is deterministic; this is the objective that influence functions and TracIn
   differentiate (the expectation over the random perturbation would need sampling).
+* ``model.per_example_loss``: False for losses that couple the examples of a batch (contrastive
+  models), for which loss-based example importance is not defined.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class PretextModel(nn.Module, ABC):
     """A model trained on a pretext task whose ``encoder`` is explained."""
 
     encoder: nn.Module
+    #: Whether ``pretext_loss`` is a sum of independent per-example terms. A contrastive loss (NT-Xent)
+    #: couples the examples of a batch, so influence functions and TracIn are not defined for it.
+    per_example_loss: bool = True
 
     def perturb(self, x: Tensor) -> Tensor:
         """Training-time perturbation of a batch ``x`` (default: identity)."""
