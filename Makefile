@@ -79,3 +79,30 @@ pretext:
 
 pretext-smoke:
 	$(MAKE) pretext SCALE=smoke RESULTS=$(RUNS)/results
+
+# Disentangled VAEs on MNIST (32x32) and dSprites (PAPER.md section 3, "VAEs"): beta-VAE and beta-TCVAE for
+# every beta and seed, then box plots of each metric against beta and the mean +/- std tables under
+# $(RESULTS)/disvae/$(SCALE). Runs go to $(RUNS)/<experiment>/$(SCALE)/sweep/<loss>/beta=<b>/seed=<s>.
+# Seeds: 5 at paper scale (the paper: at least 5 runs per (loss, beta)); 3 at quick scale (the 2-core CPU budget,
+# configs/preset/*_disvae/quick.yaml). disvae-smoke: the same at smoke scale, tables under $(RUNS)/results.
+DISVAE_MODELS ?= beta_vae,tc_vae
+DISVAE_BETAS ?= 1,5,10
+DISVAE_SEEDS_paper ?= 1,2,3,4,5
+DISVAE_SEEDS_quick ?= 1,2,3
+DISVAE_SEEDS_smoke ?= 1,2
+DISVAE_SEEDS ?= $(DISVAE_SEEDS_$(SCALE))
+DISVAE_EXPERIMENTS := mnist_disvae dsprites_disvae
+.PHONY: disvae disvae-smoke
+
+# $(call disvae_sweep,experiment)
+disvae_sweep = $(PYTHON) run.py -m experiment=$(1) model=$(DISVAE_MODELS) model.beta=$(DISVAE_BETAS) scale=$(SCALE) \
+	seed=$(DISVAE_SEEDS) skip_finished=true hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/sweep \
+	'hydra.sweep.subdir="$${model.pretext}/beta=$${model.beta}/seed=$${seed}"'
+
+disvae:
+	$(foreach experiment,$(DISVAE_EXPERIMENTS),$(call disvae_sweep,$(experiment)) &&) true
+	$(PYTHON) scripts/aggregate_disvae.py --runs $(foreach experiment,$(DISVAE_EXPERIMENTS),$(RUNS)/$(experiment)/$(SCALE)/sweep) \
+		--scale $(SCALE) --out $(RESULTS)/disvae/$(SCALE)
+
+disvae-smoke:
+	$(MAKE) disvae SCALE=smoke RESULTS=$(RUNS)/results

@@ -267,6 +267,8 @@ def write_check(name: str, frame: pd.DataFrame, figure: Any, run_dir: Path, trac
 PROTOCOLS: dict[str, str] = {
     "consistency": "experiments.consistency:run_consistency",
     "roar": "experiments.roar:run_roar",
+    "pretext": "experiments.pretext:run_pretext",
+    "disvae": "experiments.disvae:run_disvae",
 }
 
 

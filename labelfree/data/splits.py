@@ -20,6 +20,7 @@ from torch import Tensor
 
 from labelfree.baselines import gaussian_blur
 from labelfree.data.cifar10 import load_cifar10
+from labelfree.data.dsprites import DSPRITES_URL, load_dsprites
 from labelfree.data.ecg5000 import example_split, feature_split, load_ecg5000
 from labelfree.data.mnist import load_mnist
 from labelfree.data.subsets import balanced_subset, train_val_split
@@ -160,6 +161,36 @@ def build_ecg5000(config: Mapping[str, Any], data_dir: Path, seed: int, purpose:
     )
 
 
+def build_dsprites(config: Mapping[str, Any], data_dir: Path, seed: int, purpose: str) -> DataSplits:
+    """dSprites ``[n, 1, 64, 64]`` in {0, 1}; a random ``test_fraction`` (0.1: the paper's 90/10) split by seed.
+
+    ``n_examples`` (null = every image of the file) draws a seeded subset first; ``val_fraction`` of
+    the training part is held out for early stopping. ``y`` is the shape class (0 square, 1 ellipse,
+    2 heart), for display only. One split for every check.
+    """
+    sprites = load_dsprites(
+        data_dir, n_examples=config.get("n_examples"), seed=seed, download=bool(config.get("download", False)),
+        url=str(config.get("url") or DSPRITES_URL),
+    )
+    x, y = sprites.images, sprites.shapes
+    rest_idx, test_idx = train_val_split(len(x), float(config["test_fraction"]), seed=seed)
+    fit_pos, val_pos = train_val_split(len(rest_idx), float(config["val_fraction"]), seed=seed)
+    fit_idx, val_idx = rest_idx[fit_pos], rest_idx[val_pos]
+    log.info("dsprites (%s): %d train, %d validation, %d test images", sprites.source.name, len(fit_idx), len(val_idx), len(test_idx))
+    return DataSplits(
+        name="dsprites",
+        variant="default",
+        train_x=x[fit_idx],
+        train_y=y[fit_idx],
+        val_x=x[val_idx],
+        val_y=y[val_idx],
+        test_x=x[test_idx],
+        test_y=y[test_idx],
+        baseline=make_baseline(config["baseline"], x[fit_idx]),
+        channel_dim=config.get("channel_dim"),
+    )
+
+
 DatasetBuilder = Callable[[Mapping[str, Any], Path, int, str], DataSplits]
 
 #: ``dataset.name`` -> builder. Add a dataset by registering its builder here.
@@ -167,6 +198,7 @@ DATASET_BUILDERS: dict[str, DatasetBuilder] = {
     "mnist": build_mnist,
     "cifar10": build_cifar10,
     "ecg5000": build_ecg5000,
+    "dsprites": build_dsprites,
 }
 
 

@@ -13,9 +13,11 @@ from torch import nn
 
 from labelfree.models.autoencoder import AutoEncoder, MNISTDecoder, MNISTEncoder
 from labelfree.models.base import PretextModel
+from labelfree.models.classifier import Classifier
 from labelfree.models.lstm import LSTMAutoEncoder
 from labelfree.models.pretext import make_perturbation
 from labelfree.models.simclr import make_simclr
+from labelfree.models.vae import BetaTCVAE, BetaVAE, BurgessDecoder, BurgessEncoder
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {"mnist_conv": (MNISTEncoder, MNISTDecoder)}
 
@@ -63,11 +65,50 @@ def build_simclr(config: Mapping[str, Any]) -> PretextModel:
     )
 
 
+def build_classifier(config: Mapping[str, Any]) -> PretextModel:
+    """The encoder of ``architecture`` with a linear head and cross-entropy (keys: architecture, latent_dim, n_classes)."""
+    encoder_cls, _ = _architecture(config)
+    latent_dim = int(config["latent_dim"])
+    return Classifier(encoder_cls(latent_dim), latent_dim, int(config["n_classes"]))
+
+
+def _burgess_pair(config: Mapping[str, Any]) -> tuple[BurgessEncoder, BurgessDecoder]:
+    """Burgess et al. encoder and decoder (keys: latent_dim, image_size, n_channels, hidden_channels,
+    kernel_size, hidden_dim, base_size)."""
+    keys = ("image_size", "n_channels", "hidden_channels", "kernel_size", "hidden_dim", "base_size")
+    sizes = {key: int(config[key]) for key in keys if config.get(key) is not None}
+    latent_dim = int(config["latent_dim"])
+    return BurgessEncoder(latent_dim, **sizes), BurgessDecoder(latent_dim, **sizes)
+
+
+def build_beta_vae(config: Mapping[str, Any]) -> PretextModel:
+    """beta-VAE on the Burgess architecture (keys: beta and those of :func:`_burgess_pair`)."""
+    return BetaVAE(*_burgess_pair(config), beta=float(config["beta"]))
+
+
+def build_tc_vae(config: Mapping[str, Any]) -> PretextModel:
+    """beta-TCVAE on the Burgess architecture (keys: beta, alpha, gamma, estimator, dataset_size and those of
+    :func:`_burgess_pair`). ``dataset_size`` (N of the minibatch estimator) is set by the disvae protocol."""
+    if config.get("dataset_size") is None:
+        raise ValueError(
+            "model tc_vae needs model.dataset_size (N, the number of training examples of its minibatch "
+            "estimator); the disvae protocol sets it from the training split, elsewhere set it explicitly"
+        )
+    return BetaTCVAE(
+        *_burgess_pair(config), dataset_size=int(config["dataset_size"]), beta=float(config["beta"]),
+        alpha=float(config.get("alpha", 1.0)), gamma=float(config.get("gamma", 1.0)),
+        estimator=str(config.get("estimator", "mss")),
+    )
+
+
 #: ``model.name`` -> builder.
 MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PretextModel]] = {
     "autoencoder": build_autoencoder,
     "lstm_autoencoder": build_lstm_autoencoder,
     "simclr": build_simclr,
+    "classifier": build_classifier,
+    "beta_vae": build_beta_vae,
+    "tc_vae": build_tc_vae,
 }
 
 
