@@ -27,6 +27,7 @@ EXAMPLE_LEVEL = 5.0                      # M at which most vs least important ex
 ROAR_LEVELS = (10.0, 20.0, 50.0)         # k at which removal by importance should hurt more than random
 GRADIENT_METHODS = ("integrated_gradients", "gradient_shap")
 DATASETS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10"}
+VAE_DATASETS = {"mnist": "MNIST", "dsprites": "dSprites"}
 
 
 @dataclass
@@ -140,8 +141,69 @@ def collect_claims(results: Path, scale: str) -> list[Claim]:
     return claims
 
 
-#: Claims of the pretext and VAE studies, read from their own aggregations (see below).
-EXTRA_CLAIMS: list[Callable[[Path, str], Claim]] = []
+def pretext_claim(frame: pd.DataFrame | None, feature_method: str = "gradient_shap",
+                  example_method: str = "dknn", metric: str = "pearson") -> Claim:
+    """For every pair of pretext tasks, saliency maps correlate more than example importances.
+
+    ``frame``: ``pretext_correlations_mean_std.csv`` (kind, method, metric, task_a, task_b, mean, std, n).
+    """
+    name = "Pretext sensitivity, MNIST"
+    paper = ("across pretext tasks saliency maps correlate moderately, example importances weakly: "
+             "feature Pearson > example Pearson for every pair of tasks")
+    if frame is None or frame.empty:
+        return Claim(name, paper, "-", None)
+    rows = frame[(frame["metric"] == metric) & (frame["task_a"] < frame["task_b"])]
+    features = rows[(rows["kind"] == "features") & (rows["method"] == feature_method)]
+    examples = rows[(rows["kind"] == "examples") & (rows["method"] == example_method)]
+    pairs = features.merge(examples, on=["task_a", "task_b"], suffixes=("_f", "_e"))
+    if pairs.empty:
+        return Claim(name, paper, f"no {feature_method}/{example_method} {metric} pairs", None)
+    holds = bool((pairs["mean_f"] > pairs["mean_e"]).all())
+    parts = [f"{r.task_a[:3]}/{r.task_b[:3]} {r.mean_f:.2f} vs {r.mean_e:.2f}" for r in pairs.itertuples()]
+    return Claim(name, paper, f"{feature_method} vs {example_method} {metric}: " + "; ".join(parts), holds)
+
+
+def vae_claim(frame: pd.DataFrame | None, dataset: str, metric: str = "pearson") -> Claim:
+    """The mean correlation between unit saliency maps does not fall as beta grows, for either loss.
+
+    ``frame``: ``disvae_trend.csv`` (dataset, loss, metric, beta=<b> columns, slope, falls); ``falls`` is
+    True when the mean decreases at every step of beta.
+    """
+    name = f"Disentangled VAEs, {VAE_DATASETS[dataset]}"
+    paper = "the correlation between latent units' saliency maps does not decrease as beta increases (beta-VAE, beta-TCVAE)"
+    if frame is None or frame.empty:
+        return Claim(name, paper, "-", None)
+    rows = frame[(frame["dataset"] == dataset) & (frame["metric"] == metric)]
+    if rows.empty:
+        return Claim(name, paper, f"{dataset} not measured", None)
+    betas = [c for c in rows.columns if c.startswith("beta=")]
+    parts = [
+        f"{r['loss']}: " + ", ".join(f"{c} {r[c]:.2f}" for c in betas) + f" (slope {r['slope']:+.4f})"
+        for _, r in rows.iterrows()
+    ]
+    holds = not bool(rows["falls"].astype(bool).any())
+    return Claim(name, paper, f"{metric}: " + "; ".join(parts), holds)
+
+
+def _pretext(results: Path, scale: str) -> Claim:
+    folder = results / "mnist_pretext" / scale
+    claim = pretext_claim(_read(folder / "pretext_correlations_mean_std.csv"))
+    claim.figure = _figure(folder / "pretext_correlations.png", results)
+    return claim
+
+
+def _vae(dataset: str) -> Callable[[Path, str], Claim]:
+    def check(results: Path, scale: str) -> Claim:
+        folder = results / "disvae" / scale
+        claim = vae_claim(_read(folder / "disvae_trend.csv"), dataset)
+        claim.figure = _figure(folder / f"disvae_{dataset}_boxplots.png", results)
+        return claim
+
+    return check
+
+
+#: Claims of the pretext and VAE studies, read from their own aggregations.
+EXTRA_CLAIMS: list[Callable[[Path, str], Claim]] = [_pretext, *(_vae(d) for d in ("mnist", "dsprites"))]
 
 
 def render(claims: list[Claim], scale: str) -> str:

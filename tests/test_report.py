@@ -64,3 +64,36 @@ def test_report_on_a_results_folder(tmp_path):
     assert verdicts["ROAR, MNIST"] == "not run"
     text = report.render(claims, "quick")
     assert "1 of 2 checked claims hold" in text and "| Feature consistency, MNIST |" in text
+
+
+def _pretext(feature: float, example: float) -> pd.DataFrame:
+    tasks = ("classification", "denoising", "reconstruction")
+    rows = []
+    for kind, method, value in (("features", "gradient_shap", feature), ("examples", "dknn", example)):
+        for a in tasks:
+            for b in tasks:
+                rows.append({"kind": kind, "method": method, "metric": "pearson", "task_a": a, "task_b": b,
+                             "mean": 1.0 if a == b else value, "std": 0.0, "n": 2})
+    return pd.DataFrame(rows)
+
+
+def test_pretext_claim_passes_and_fails():
+    assert report.pretext_claim(_pretext(0.5, 0.1)).holds is True
+    failed = report.pretext_claim(_pretext(0.2, 0.3))
+    assert failed.holds is False and "0.20 vs 0.30" in failed.measured
+    assert report.pretext_claim(None).holds is None
+
+
+def _trend(falls: bool) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"dataset": "mnist", "loss": "beta_vae", "metric": "pearson", "beta=1": 0.6, "beta=5": 0.5 if falls else 0.6,
+         "beta=10": 0.4 if falls else 0.7, "slope": -0.02 if falls else 0.01, "falls": falls},
+        {"dataset": "mnist", "loss": "tc_vae", "metric": "pearson", "beta=1": 0.6, "beta=5": 0.6, "beta=10": 0.6,
+         "slope": 0.0, "falls": False},
+    ])
+
+
+def test_vae_claim_passes_and_fails():
+    assert report.vae_claim(_trend(False), "mnist").holds is True
+    assert report.vae_claim(_trend(True), "mnist").holds is False
+    assert report.vae_claim(_trend(False), "dsprites").holds is None
