@@ -15,7 +15,7 @@ import pandas as pd
 from torch import Tensor
 
 from labelfree.attribution.examples import ExampleImportance
-from labelfree.metrics import percent_to_count, similarity_rates
+from labelfree.metrics import percent_to_count, similarity_rate_curves
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ def consistency_examples(
         scores = explainer.attribute(test_x, test_y if fit_labels else None)
         seconds[name] = time.perf_counter() - start
         log.info("examples %s: %.1f s", name, seconds[name])
-        for m_percent, m in zip(percents, counts):
-            most, least = similarity_rates(scores, test_y, train_y, m)
+        curves_most, curves_least = similarity_rate_curves(scores, test_y, train_y, counts)
+        for m_percent, most, least in zip(percents, curves_most, curves_least):
             for metric, values in (("similarity_most", most), ("similarity_least", least)):
                 rows.append(
                     {

@@ -335,3 +335,32 @@ def test_bad_inputs_raise_helpful_errors():
         mean_off_diagonal(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"shape \[k, \.\.\.\]"):
         pearson_matrix(torch.zeros(5))
+
+
+def test_similarity_rate_curves_match_topk_for_every_m():
+    """One sort for all M gives the rates of a direct top-M / bottom-M selection (distinct scores)."""
+    from labelfree.metrics import similarity_rate_curves
+
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.rand(40, 25, generator=generator)
+    test_labels = torch.randint(3, (40,), generator=generator)
+    train_labels = torch.randint(3, (25,), generator=generator)
+    ms = [1, 2, 7, 24, 25]
+    most, least = similarity_rate_curves(scores, test_labels, train_labels, ms)
+    for row, m in enumerate(ms):
+        top = scores.topk(m, dim=1).indices
+        bottom = scores.topk(m, dim=1, largest=False).indices
+        expected_most = (train_labels[top] == test_labels[:, None]).float().mean(dim=1)
+        expected_least = (train_labels[bottom] == test_labels[:, None]).float().mean(dim=1)
+        assert torch.allclose(most[row], expected_most) and torch.allclose(least[row], expected_least)
+
+
+def test_top_feature_mask_fast_path_selects_the_top_k():
+    """The CPU selection path marks exactly the k largest |attributions| of every example."""
+    generator = torch.Generator().manual_seed(4)
+    attributions = torch.randn(30, 1, 7, 7, generator=generator)
+    mask = top_feature_mask(attributions, 0.2)
+    k = round(0.2 * 49)
+    flat = attributions.abs().reshape(30, -1)
+    expected = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(k, dim=1).indices, True)
+    assert mask.shape == attributions.shape and torch.equal(mask.reshape(30, -1), expected)
