@@ -293,6 +293,61 @@ def test_influence_functions_finite_depth_is_truncated_neumann_series(constant_h
     torch.testing.assert_close(scores, grads_test @ series @ grads_train.T, rtol=1e-10, atol=1e-12)
 
 
+def test_arnoldi_equals_expected_lissa_with_full_rank(constant_hessian_setup) -> None:  # noqa: ANN001
+    """A constant Hessian makes LiSSA deterministic; Arnoldi with rank P gives the same series exactly."""
+    model, train_x, test_x, hessian = constant_hessian_setup
+    scale, damping, depth = 10.0 * torch.linalg.eigvalsh(hessian).max().item(), 0.05, 7
+    n_params = len(hessian)
+
+    def run(solver: str) -> Tensor:
+        explainer = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=2,
+                                       solver=solver, arnoldi_iterations=n_params, arnoldi_rank=n_params)
+        return explainer.fit(train_x).attribute(test_x)
+
+    torch.testing.assert_close(run("arnoldi"), run("lissa"), rtol=1e-8, atol=1e-12)
+
+
+def test_arnoldi_applies_the_lissa_polynomial_of_the_full_hessian() -> None:
+    """Per-example Hessians differ: Arnoldi's phi(H) v uses the Hessian of the mean training loss."""
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(3, 5, dtype=torch.double)
+    hessian = encoder_hessian(model, train_x)
+    scale, damping, depth = 5.0 * torch.linalg.eigvalsh(hessian).abs().max().item(), 1e-2, 30
+    n_params = len(hessian)
+    explainer = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=7,
+                                   solver="arnoldi", arnoldi_iterations=n_params, arnoldi_rank=n_params)
+    scores = explainer.fit(train_x).attribute(test_x)
+    identity = torch.eye(n_params, dtype=hessian.dtype)
+    step = (1 - damping) * identity - hessian / scale
+    series = sum(torch.linalg.matrix_power(step, j) for j in range(depth + 1)) / scale
+    grads_train, grads_test = loop_grads(model, train_x), loop_grads(model, test_x)
+    torch.testing.assert_close(scores, grads_test @ series @ grads_train.T, rtol=1e-7, atol=1e-12)
+    # a low rank keeps the largest eigenvalues; the rest are treated as 0
+    low = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=7,
+                             solver="arnoldi", arnoldi_iterations=n_params, arnoldi_rank=2).fit(train_x)
+    assert low.ritz_values.shape == (2,)
+    assert torch.isclose(low.ritz_values.abs().max(), torch.linalg.eigvalsh(hessian).abs().max(), rtol=1e-6)
+
+
+def test_influence_functions_do_not_depend_on_test_chunking() -> None:
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(7, 5, dtype=torch.double)
+
+    def run(test_chunk_size: int | None) -> Tensor:
+        explainer = InfluenceFunctions(Objective(model), scale=50.0, depth=10, batch_size=4, seed=1,
+                                       test_chunk_size=test_chunk_size)
+        return explainer.fit(train_x).attribute(test_x)
+
+    torch.testing.assert_close(run(3), run(None), rtol=1e-12, atol=1e-14)
+
+
+def test_unknown_solver_is_rejected() -> None:
+    with pytest.raises(ValueError, match="solver must be one of"):
+        InfluenceFunctions(Objective(LinearAutoEncoder()), solver="cg")
+
+
 def test_influence_functions_seeded_sampling() -> None:
     torch.manual_seed(0)
     model = LinearAutoEncoder().double()

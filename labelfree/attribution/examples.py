@@ -317,7 +317,8 @@ class TracIn(_LossBasedImportance):
     ``L_c`` is the objective at the weights of checkpoint ``c``; gradients are w.r.t. ``objective.wrt``
     (the encoder). The paper saves a checkpoint every 10 epochs with learning-rate factor 1.
     Checkpoints are loaded into a deep copy of the model, never into the model itself. ``fit`` keeps
-    one train-gradient matrix ``[n_train, P]`` per checkpoint on the model's device.
+    the training examples; ``attribute`` computes, per checkpoint, the test gradients once and the
+    training gradients chunk by chunk, so no ``[n_train, P]`` matrix is ever held.
 
     Args:
         objective: what is differentiated.
@@ -336,40 +337,46 @@ class TracIn(_LossBasedImportance):
         self.objective = objective
         self.checkpoints = checkpoints
         self.chunk_size = chunk_size
-        self._train_grads: list[Tensor] = []
+        self._train_x: Tensor | None = None
+        self._train_y: Tensor | None = None
 
-    def _checkpoint_grads(self, x: Tensor, y: Tensor | None, desc: str) -> Iterator[tuple[float, Tensor]]:
-        """Yield ``(lr_c, grads [n, P])`` for every checkpoint, each on a copy of the model."""
+    def _checkpoint_objectives(self) -> Iterator[tuple[float, Objective]]:
+        """Yield ``(lr_c, objective at checkpoint c)`` for every checkpoint, on one copy of the model."""
         model_copy = copy.deepcopy(self.objective.model)
         device = self.objective.device
-        for checkpoint in tqdm(self.checkpoints, desc=desc, leave=False):
+        for checkpoint in tqdm(self.checkpoints, desc="TracIn checkpoints", leave=False):
             path = Path(checkpoint.path)
             if not path.is_file():
                 raise FileNotFoundError(f"TracIn checkpoint file not found: {path}")
             state = torch.load(path, map_location=device, weights_only=True)
             model_copy.load_state_dict(state)
-            objective = dataclasses.replace(self.objective, model=model_copy)
-            yield checkpoint.learning_rate, objective.per_example_grads(x, y, chunk_size=self.chunk_size)
+            yield checkpoint.learning_rate, dataclasses.replace(self.objective, model=model_copy)
 
     def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> TracIn:
-        train_y = self._labels(train_y, len(train_x), "train")
-        self._train_grads = [g for _, g in self._checkpoint_grads(train_x, train_y, "TracIn train gradients")]
-        logger.info(
-            "TracIn: kept %d train-gradient matrices of shape %s",
-            len(self._train_grads),
-            tuple(self._train_grads[0].shape),
-        )
+        if len(train_x) == 0:
+            raise ValueError("TracIn.fit needs at least one training example")
+        self._train_y = self._labels(train_y, len(train_x), "train")
+        self._train_x = train_x
         self._fitted = True
         return self
 
     def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
+        """Scores ``[n_test, n_train]``. Per checkpoint: the test-gradient matrix ``[n_test, P]``, then the
+        training gradients ``chunk_size`` examples at a time (peak memory ~ ``(n_test + chunk_size) * P`` floats)."""
         self._check_fitted()
+        assert self._train_x is not None
         test_y = self._labels(test_y, len(test_x), "test")
-        scores = None
-        pairs = zip(self._checkpoint_grads(test_x, test_y, "TracIn test gradients"), self._train_grads)
-        for (lr, test_grads), train_grads in pairs:
-            term = lr * (test_grads @ train_grads.T)
-            scores = term if scores is None else scores + term
+        n_train = len(self._train_x)
+        dtype = next(self.objective.model.get_submodule(self.objective.wrt).parameters()).dtype
+        scores = torch.zeros(len(test_x), n_train, device=self.objective.device, dtype=dtype)
+        for lr, objective in self._checkpoint_objectives():
+            test_grads = objective.per_example_grads(test_x, test_y, chunk_size=self.chunk_size)
+            for start in range(0, n_train, self.chunk_size):
+                stop = min(start + self.chunk_size, n_train)
+                train_y = None if self._train_y is None else self._train_y[start:stop]
+                train_grads = objective.per_example_grads(self._train_x[start:stop], train_y, chunk_size=self.chunk_size)
+                scores[:, start:stop].add_(test_grads @ train_grads.T, alpha=lr)
+            del test_grads
         return scores.cpu()
 
 
@@ -401,6 +408,17 @@ class InfluenceFunctions(_LossBasedImportance):
     Cost of ``attribute``: ``repeats * depth`` Hessian-matrix products, each about 2-3 forward/backward
     passes of a batch per test example (see :meth:`Objective.hvp`).
 
+    ``solver="arnoldi"`` computes the *expected* LiSSA estimate instead, without sampling and with a cost
+    independent of the number of test examples. Since the batches are independent, the expectation of
+    the recursion is the same polynomial of the full Hessian H of the mean loss over the training
+    examples: ``E[estimate] = phi(H) v`` with ``phi(mu) = (1 / scale) sum_{j=0}^{depth} (1 - damping - mu / scale)^j``.
+    ``fit`` runs ``arnoldi_iterations`` steps of Arnoldi (Lanczos with full re-orthogonalisation) on H,
+    one full-Hessian-vector product per step (Schioppa et al., 2022), and keeps the ``arnoldi_rank`` Ritz
+    pairs (lambda_k, u_k) of largest |lambda|; then ``phi(H) v = phi(0) v + sum_k (phi(lambda_k) - phi(0)) u_k u_k^T v``,
+    exact when H has no other eigenvalue far from 0. Use it where LiSSA at the paper's depth does not fit
+    (the paper-scale MNIST check: 1000 test vectors x 100 steps); ``scripts/bench_explainers.py`` reports
+    its agreement with LiSSA.
+
     Args:
         objective: what is differentiated.
         damping: LiSSA damping, >= 0 (paper: 1e-3).
@@ -412,7 +430,16 @@ class InfluenceFunctions(_LossBasedImportance):
         chunk_size: examples per ``vmap`` call for per-example gradients (default 64).
         vector_chunk_size: test vectors per vmapped Hessian-vector product (bounds memory; ``None``:
             all at once; default 16, the fastest on a 2-core CPU for the MNIST autoencoder).
+        solver: ``"lissa"`` (the paper's stochastic recursion) or ``"arnoldi"`` (its expectation from a
+            low-rank eigendecomposition of H, see above).
+        arnoldi_iterations: Arnoldi steps (full-Hessian-vector products), >= 1 (default 100).
+        arnoldi_rank: Ritz pairs kept, 1 <= rank <= arnoldi_iterations (default 20).
+        test_chunk_size: test examples whose gradients are inverted together (bounds memory to about
+            ``4 * test_chunk_size * P`` floats besides the ``[n_train, P]`` training gradients; the result
+            does not depend on it, since every chunk replays the same sampled batches); ``None``: all.
     """
+
+    SOLVERS = ("lissa", "arnoldi")
 
     def __init__(
         self,
@@ -425,7 +452,20 @@ class InfluenceFunctions(_LossBasedImportance):
         seed: int = 0,
         chunk_size: int = 64,
         vector_chunk_size: int | None = 16,
+        solver: str = "lissa",
+        arnoldi_iterations: int = 100,
+        arnoldi_rank: int = 20,
+        test_chunk_size: int | None = 256,
     ) -> None:
+        if solver not in self.SOLVERS:
+            raise ValueError(f"InfluenceFunctions solver must be one of {list(self.SOLVERS)}, got {solver!r}")
+        _check_positive_int("arnoldi_iterations", arnoldi_iterations)
+        _check_positive_int("arnoldi_rank", arnoldi_rank)
+        if arnoldi_rank > arnoldi_iterations:
+            raise ValueError(
+                f"arnoldi_rank ({arnoldi_rank}) cannot exceed arnoldi_iterations ({arnoldi_iterations}): "
+                "the Ritz pairs come from an Arnoldi basis of that many vectors"
+            )
         if not math.isfinite(damping) or damping < 0:
             raise ValueError(f"InfluenceFunctions damping must be a finite number >= 0, got {damping!r}")
         if not math.isfinite(scale) or scale <= 0:
@@ -445,9 +485,17 @@ class InfluenceFunctions(_LossBasedImportance):
         self.seed = seed
         self.chunk_size = chunk_size
         self.vector_chunk_size = vector_chunk_size
+        if test_chunk_size is not None:
+            _check_positive_int("test_chunk_size", test_chunk_size)
+        self.test_chunk_size = test_chunk_size
+        self.solver = solver
+        self.arnoldi_iterations = arnoldi_iterations
+        self.arnoldi_rank = arnoldi_rank
         self._train_x: Tensor | None = None
         self._train_y: Tensor | None = None
         self._train_grads: Tensor | None = None
+        self.ritz_values: Tensor | None = None
+        self._ritz_vectors: Tensor | None = None
 
     def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> InfluenceFunctions:
         if len(train_x) == 0:
@@ -456,14 +504,77 @@ class InfluenceFunctions(_LossBasedImportance):
         self._train_x = train_x
         self._train_grads = self.objective.per_example_grads(train_x, self._train_y, chunk_size=self.chunk_size)
         logger.info("InfluenceFunctions: kept a train-gradient matrix of shape %s", tuple(self._train_grads.shape))
+        if self.solver == "arnoldi":
+            self.ritz_values, self._ritz_vectors = self._arnoldi()
         self._fitted = True
         return self
 
+    def _full_hvp(self, vectors: Tensor) -> Tensor:
+        """``H V`` for H the Hessian of the mean loss over all training examples (``batch_size`` at a time)."""
+        assert self._train_x is not None
+        n_train = len(self._train_x)
+        total = torch.zeros_like(vectors)
+        for start in range(0, n_train, self.batch_size):
+            stop = min(start + self.batch_size, n_train)
+            batch_y = None if self._train_y is None else self._train_y[start:stop]
+            product = self.objective.hvp(self._train_x[start:stop], vectors, batch_y, self.vector_chunk_size)
+            total += product * ((stop - start) / n_train)
+        return total
+
+    def _arnoldi(self) -> tuple[Tensor, Tensor]:
+        """Ritz values ``[r]`` and orthonormal Ritz vectors ``[P, r]`` of H with the largest |value|."""
+        n_params = self.objective.n_params
+        steps = min(self.arnoldi_iterations, n_params)
+        device = self.objective.device
+        dtype = next(self.objective.model.get_submodule(self.objective.wrt).parameters()).dtype
+        generator = torch.Generator().manual_seed(self.seed)
+        basis = torch.zeros(n_params, steps + 1, device=device, dtype=dtype)
+        projected = torch.zeros(steps + 1, steps, dtype=torch.float64)
+        start = torch.randn(n_params, generator=generator, dtype=dtype).to(device)
+        basis[:, 0] = start / start.norm()
+        size = steps
+        for j in tqdm(range(steps), desc="Arnoldi", leave=False):
+            w = self._full_hvp(basis[:, j : j + 1])[:, 0]
+            reference = w.norm()
+            for _ in range(2):  # classical Gram-Schmidt, twice: orthogonal to float precision
+                coefficients = basis[:, : j + 1].T @ w
+                w = w - basis[:, : j + 1] @ coefficients
+                projected[: j + 1, j] += coefficients.double().cpu()
+            norm = w.norm()
+            projected[j + 1, j] = float(norm)
+            if norm <= torch.finfo(w.dtype).eps * max(float(reference), 1.0):
+                size = j + 1  # invariant subspace found: H is exactly represented on it
+                break
+            basis[:, j + 1] = w / norm
+        square = projected[:size, :size]
+        values, vectors = torch.linalg.eigh((square + square.T) / 2)
+        keep = values.abs().argsort(descending=True)[: self.arnoldi_rank]
+        ritz_vectors = basis[:, :size] @ vectors[:, keep].to(device=device, dtype=basis.dtype)
+        logger.info(
+            "InfluenceFunctions (arnoldi): %d steps, Ritz values from %.3g to %.3g", size,
+            float(values[keep].max()), float(values[keep].min()),
+        )
+        return values[keep].to(device=device, dtype=basis.dtype), ritz_vectors
+
+    def _lissa_filter(self, eigenvalues: Tensor) -> Tensor:
+        """``phi(mu) = (1 / scale) sum_{j=0}^{depth} a^j``, ``a = 1 - damping - mu / scale`` (float64)."""
+        a = 1.0 - self.damping - eigenvalues.double() / self.scale
+        terms = self.depth + 1
+        safe = (1.0 - a).abs() > 1e-12
+        geometric = torch.where(safe, (1.0 - a.pow(terms)) / torch.where(safe, 1.0 - a, 1.0), torch.full_like(a, terms))
+        return geometric / self.scale
+
     def inverse_hvp(self, vectors: Tensor) -> Tensor:
-        """LiSSA estimate of ``(H + damping * scale * I)^{-1} V`` for ``V`` of shape ``[P, k]`` -> ``[P, k]``."""
+        """LiSSA estimate of ``(H + damping * scale * I)^{-1} V`` for ``V`` of shape ``[P, k]`` -> ``[P, k]``
+        (with ``solver="arnoldi"``: the estimate's expectation, see the class docstring)."""
         self._check_fitted()
         assert self._train_x is not None
         v = vectors.to(self.objective.device)
+        if self.solver == "arnoldi":
+            assert self.ritz_values is not None and self._ritz_vectors is not None
+            at_zero = self._lissa_filter(torch.zeros(1))
+            gains = (self._lissa_filter(self.ritz_values) - at_zero).to(v.dtype)
+            return float(at_zero) * v + self._ritz_vectors @ (gains[:, None] * (self._ritz_vectors.T @ v))
         generator = torch.Generator().manual_seed(self.seed)
         n_train = len(self._train_x)
         estimate = torch.zeros_like(v)
@@ -489,9 +600,18 @@ class InfluenceFunctions(_LossBasedImportance):
         self._check_fitted()
         assert self._train_grads is not None
         test_y = self._labels(test_y, len(test_x), "test")
-        test_grads = self.objective.per_example_grads(test_x, test_y, chunk_size=self.chunk_size)
-        inverse_test = self.inverse_hvp(test_grads.T).T  # [n_test, P]: rows H^{-1} grad L(x_t)
-        return (inverse_test @ self._train_grads.T).cpu()
+        n_test = len(test_x)
+        step = n_test if self.test_chunk_size is None else self.test_chunk_size
+        scores = torch.zeros(n_test, len(self._train_grads), dtype=self._train_grads.dtype)
+        for start in range(0, n_test, max(step, 1)):
+            stop = min(start + step, n_test)
+            chunk_y = None if test_y is None else test_y[start:stop]
+            test_grads = self.objective.per_example_grads(test_x[start:stop], chunk_y, chunk_size=self.chunk_size)
+            # rows H^{-1} grad L(x_t); every chunk replays the same sampled batches (the sampler is reseeded)
+            inverse_test = self.inverse_hvp(test_grads.T).T
+            scores[start:stop] = (inverse_test @ self._train_grads.T).cpu()
+            del test_grads, inverse_test
+        return scores
 
 
 # ----------------------------------------------------------------------------------------------
