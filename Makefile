@@ -16,7 +16,7 @@ CONSISTENCY := mnist_consistency:$(MNIST_SEEDS) ecg5000_consistency:$(ECG_SEEDS)
 sweep = $(PYTHON) run.py -m experiment=$(1) scale=$(SCALE) seed=$(2) skip_finished=true \
 	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4)
 
-.PHONY: help install test quick paper figures report consistency-features consistency-examples roar results
+.PHONY: help install test quick paper figures report consistency-features consistency-examples roar results bench
 
 help:
 	@echo "make install                 pip install -e '.[dev]'"
@@ -27,6 +27,7 @@ help:
 	@echo "make consistency-features    feature consistency on MNIST, ECG5000, CIFAR-10 (SCALE=$(SCALE))"
 	@echo "make consistency-examples    example consistency on MNIST, ECG5000, CIFAR-10 (SCALE=$(SCALE))"
 	@echo "make roar                    ROAR on MNIST (SCALE=$(SCALE))"
+	@echo "make bench                   explainers and metrics against lfxai (pip install -e '.[bench]'), then the paper-scale timings"
 	@echo "Seeds: MNIST_SEEDS=$(MNIST_SEEDS) ECG_SEEDS=$(ECG_SEEDS) CIFAR_SEEDS=$(CIFAR_SEEDS) ROAR_SEEDS=$(ROAR_SEEDS) (comma lists)"
 
 install:
@@ -106,3 +107,14 @@ disvae:
 
 disvae-smoke:
 	$(MAKE) disvae SCALE=smoke RESULTS=$(RUNS)/results
+
+# Explainers and metrics timed against the authors' lfxai on one workload (agreement checked), then the
+# paper-scale MNIST example check and the peak memory per model; both tables go to results/BENCHMARKS.md.
+# Needs the bench extra: pip install -e ".[bench]". About 15 minutes on a 2-core CPU.
+BENCH_DIR ?= $(RUNS)/bench
+bench:
+	mkdir -p $(BENCH_DIR)
+	$(PYTHON) scripts/bench_explainers.py --out $(BENCH_DIR)/workload.md
+	$(PYTHON) scripts/bench_explainers.py --paper-scale --out $(BENCH_DIR)/paper_scale.md
+	$(PYTHON) scripts/bench_explainers.py --assemble $(BENCH_DIR)/workload.md $(BENCH_DIR)/paper_scale.md \
+		--out $(RESULTS)/BENCHMARKS.md
