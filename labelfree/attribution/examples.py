@@ -212,17 +212,20 @@ class Objective:
             return functional_call(wrapper, (params, fixed), (xi, yi, True))
 
         per_example = vmap(grad(example_loss), in_dims=(None, None, 0, None if y is None else 0))
-        chunks = []
         with _eval_mode(self.model), torch.no_grad():
             params, fixed = self._split_state(wrapper)
+            dtype = next(iter(params.values())).dtype
+            out = torch.empty(len(x), self.n_params, device=device, dtype=dtype)  # written in place, no concatenation
             for start in range(0, len(x), chunk_size):
                 xc = x[start : start + chunk_size].to(device)
                 yc = None if y is None else y[start : start + chunk_size].to(device)
                 grads = per_example(params, fixed, xc, yc)
-                chunks.append(torch.cat([g.reshape(len(xc), -1) for g in grads.values()], dim=1))
-        if not chunks:
-            return torch.zeros(0, self.n_params, device=device)
-        return torch.cat(chunks)
+                offset = 0
+                for g in grads.values():
+                    size = g[0].numel()
+                    out[start : start + len(xc), offset : offset + size].copy_(g.reshape(len(xc), size))
+                    offset += size
+        return out
 
     def hvp(self, x: Tensor, vectors: Tensor, y: Tensor | None = None, vector_chunk_size: int | None = None) -> Tensor:
         """Hessian-matrix product ``H V``, shape ``[P, k]``, H the Hessian of the *mean* loss of ``x``.
