@@ -343,6 +343,19 @@ def test_influence_functions_do_not_depend_on_test_chunking() -> None:
     torch.testing.assert_close(run(3), run(None), rtol=1e-12, atol=1e-14)
 
 
+def test_weighted_hvp_equals_hvp_of_the_repeated_batch() -> None:
+    """LiSSA's deduplicated batches: weights = draw counts / batch size give the Hessian of the drawn batch."""
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    x = torch.randn(6, 5, dtype=torch.double)
+    draws = torch.tensor([0, 0, 3, 5, 5, 5, 2])
+    objective = Objective(model)
+    vectors = torch.randn(objective.n_params, 3, dtype=torch.double)
+    unique, counts = torch.unique(draws, return_counts=True)
+    weighted = objective.hvp(x[unique], vectors, weights=counts.double() / len(draws))
+    torch.testing.assert_close(weighted, objective.hvp(x[draws], vectors), rtol=1e-12, atol=1e-12)
+
+
 def test_unknown_solver_is_rejected() -> None:
     with pytest.raises(ValueError, match="solver must be one of"):
         InfluenceFunctions(Objective(LinearAutoEncoder()), solver="cg")

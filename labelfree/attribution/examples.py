@@ -109,7 +109,7 @@ class _LossModule(nn.Module):
     """Wraps ``model`` so that ``forward`` is the objective (``functional_call`` always calls forward).
 
     ``forward(x, y, per_example=True)`` takes *one* example (no batch dimension) and returns its scalar
-    loss; ``per_example=False`` takes a batch and returns the mean loss.
+    loss; ``per_example=False`` takes a batch and returns the mean loss (or ``sum_b weights_b * loss_b``).
     """
 
     def __init__(self, model: nn.Module, loss: LossFn) -> None:
@@ -117,10 +117,11 @@ class _LossModule(nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, x: Tensor, y: Tensor | None, per_example: bool) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor | None, per_example: bool, weights: Tensor | None = None) -> Tensor:
         if per_example:
             return self.loss(self.model, x[None], None if y is None else y[None])[0]
-        return self.loss(self.model, x, y).mean()
+        losses = self.loss(self.model, x, y)
+        return losses.mean() if weights is None else (losses * weights).sum()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +228,14 @@ class Objective:
                     offset += size
         return out
 
-    def hvp(self, x: Tensor, vectors: Tensor, y: Tensor | None = None, vector_chunk_size: int | None = None) -> Tensor:
+    def hvp(
+        self,
+        x: Tensor,
+        vectors: Tensor,
+        y: Tensor | None = None,
+        vector_chunk_size: int | None = None,
+        weights: Tensor | None = None,
+    ) -> Tensor:
         """Hessian-matrix product ``H V``, shape ``[P, k]``, H the Hessian of the *mean* loss of ``x``.
 
         Reverse-over-reverse with ``torch.func``: the flattened gradient of the mean batch loss is
@@ -241,6 +249,8 @@ class Objective:
             vectors: ``V``, shape ``[P, k]`` (moved to the model's device).
             y: labels ``[b]`` for the loss, or ``None``.
             vector_chunk_size: columns of ``V`` per ``vmap`` call (bounds memory), ``None`` for all.
+            weights: ``[b]`` weights of the examples' losses (H is then the Hessian of
+                ``sum_b weights_b * loss_b``); ``None``: the mean.
         """
         if vectors.ndim != 2 or vectors.shape[0] != self.n_params:
             raise ValueError(f"vectors must have shape [P={self.n_params}, k], got {tuple(vectors.shape)}")
@@ -250,6 +260,7 @@ class Objective:
         device = self.device
         x = x.to(device)
         y = None if y is None else y.to(device)
+        weights = None if weights is None else weights.to(device=device, dtype=vectors.dtype)
         vectors = vectors.to(device)
         k = vectors.shape[1]
         chunk = k if vector_chunk_size is None else vector_chunk_size
@@ -257,7 +268,7 @@ class Objective:
             params, fixed = self._split_state(wrapper)
 
             def flat_grad(p: dict[str, Tensor]) -> Tensor:
-                grads = grad(lambda q: functional_call(wrapper, (q, fixed), (x, y, False)))(p)
+                grads = grad(lambda q: functional_call(wrapper, (q, fixed), (x, y, False, weights)))(p)
                 return torch.cat([g.reshape(-1) for g in grads.values()])
 
             _, vjp_fn = vjp(flat_grad, params)
@@ -585,10 +596,15 @@ class InfluenceFunctions(_LossBasedImportance):
             h = v.clone()
             steps = tqdm(range(self.depth), desc=f"LiSSA (repeat {repeat + 1}/{self.repeats})", leave=False)
             for _ in steps:
-                index = torch.randint(n_train, (self.batch_size,), generator=generator).to(self._train_x.device)
-                batch_y = None if self._train_y is None else self._train_y[index]
+                index = torch.randint(n_train, (self.batch_size,), generator=generator)
+                # The batch's Hessian is the mean over its draws: each distinct example once, weighted by
+                # how often it was drawn (exact, and fewer examples when the batch repeats some).
+                unique, counts = torch.unique(index, return_counts=True)
+                unique = unique.to(self._train_x.device)
+                batch_y = None if self._train_y is None else self._train_y[unique]
                 hessian_h = self.objective.hvp(
-                    self._train_x[index], h, batch_y, vector_chunk_size=self.vector_chunk_size
+                    self._train_x[unique], h, batch_y, vector_chunk_size=self.vector_chunk_size,
+                    weights=counts.double() / self.batch_size,
                 )
                 h = v + (1.0 - self.damping) * h - hessian_h / self.scale
                 if not torch.isfinite(h).all():
