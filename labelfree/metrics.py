@@ -143,6 +143,14 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
     return mask.reshape(importance.shape).expand_as(attributions).clone()
 
 
+def _numpy_friendly(tensor: Tensor) -> bool:
+    """Whether ``tensor`` can take numpy's SIMD selection/sort: on the CPU, a float or integer dtype numpy has."""
+    return tensor.device.type == "cpu" and tensor.dtype in _NUMPY_DTYPES
+
+
+_NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.int32, torch.int64})
+
+
 def _top_k_mask(flat: Tensor, k: int) -> Tensor:
     """Boolean ``[n, m]`` mask of the ``k`` largest entries of each row of ``flat`` (exactly ``k`` per row).
 
@@ -152,7 +160,7 @@ def _top_k_mask(flat: Tensor, k: int) -> Tensor:
     n, m = flat.shape
     if k == 0 or k == m:
         return torch.full((n, m), k == m, dtype=torch.bool, device=flat.device)
-    if flat.device.type == "cpu":
+    if _numpy_friendly(flat):
         values = flat.detach().contiguous().numpy()
         top = np.argpartition(values, m - k, axis=1)[:, m - k :]
         mask = np.zeros((n, m), dtype=bool)
@@ -333,7 +341,7 @@ def similarity_rate_curves(
         raise ValueError("scores contain NaN; training examples cannot be ranked")
 
     device = scores.device
-    if device.type == "cpu":
+    if _numpy_friendly(scores):
         order = torch.from_numpy(np.argsort(scores.detach().contiguous().numpy(), axis=1))
     else:
         order = scores.argsort(dim=1)

@@ -364,3 +364,17 @@ def test_top_feature_mask_fast_path_selects_the_top_k():
     flat = attributions.abs().reshape(30, -1)
     expected = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(k, dim=1).indices, True)
     assert mask.shape == attributions.shape and torch.equal(mask.reshape(30, -1), expected)
+
+
+def test_selection_and_rates_agree_across_dtypes():
+    """bfloat16 (no numpy dtype) takes the torch path and gives the same masks and rates."""
+    from labelfree.metrics import similarity_rate_curves
+
+    generator = torch.Generator().manual_seed(5)
+    attributions = torch.randperm(49, generator=generator).float().reshape(1, 1, 7, 7).repeat(3, 1, 1, 1)
+    assert torch.equal(top_feature_mask(attributions, 0.3), top_feature_mask(attributions.bfloat16(), 0.3))
+    scores = torch.randperm(12, generator=generator).float().reshape(3, 4)
+    labels_test, labels_train = torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1, 1])
+    expected = similarity_rate_curves(scores, labels_test, labels_train, [1, 2, 4])
+    got = similarity_rate_curves(scores.bfloat16(), labels_test, labels_train, [1, 2, 4])
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
