@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
 
 import numpy as np
@@ -120,10 +121,9 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
             f"fraction must be in [0, 1], got {fraction!r} (for a percentage p in [0, 100] use "
             f"percent_to_fraction(p))"
         )
-    if torch.isnan(attributions).any():
-        raise ValueError("attributions contain NaN; importances cannot be ranked")
-
     importance = attributions.abs()
+    if torch.isnan(importance.sum()):  # |a| >= 0, so the sum is NaN only if some entry is
+        raise ValueError("attributions contain NaN; importances cannot be ranked")
     if channel_dim is not None:
         ndim = attributions.dim()
         if not -ndim <= channel_dim < ndim or channel_dim % ndim == 0:
@@ -132,7 +132,8 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
                 f"{tuple(attributions.shape)} (1 to {ndim - 1}, or -{ndim - 1} to -1), or None; "
                 f"got {channel_dim}"
             )
-        importance = importance.sum(dim=channel_dim, keepdim=True)
+        if importance.shape[channel_dim] > 1:
+            importance = importance.sum(dim=channel_dim, keepdim=True)
 
     n = importance.shape[0]
     flat = importance.reshape(n, -1)
@@ -141,6 +142,28 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
     if mask.shape == attributions.reshape(n, -1).shape:
         return mask.reshape(attributions.shape)
     return mask.reshape(importance.shape).expand_as(attributions).clone()
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _by_rows(function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
+    """``function(*blocks)`` on blocks of rows of ``arrays`` (split alike) on ``torch.get_num_threads()`` threads.
+
+    numpy's sort and selection release the GIL, so the blocks run in parallel; ``function`` must act on
+    each row independently (the result equals ``function(*arrays)``).
+    """
+    global _POOL
+    threads = min(torch.get_num_threads(), len(arrays[0]) // _MIN_ROWS_PER_THREAD)
+    if threads <= 1:
+        return function(*arrays)
+    if _POOL is None or _POOL._max_workers < threads:  # noqa: SLF001
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labelfree-metrics")
+    blocks = [np.array_split(array, threads) for array in arrays]
+    return np.concatenate(list(_POOL.map(function, *blocks)))
+
+
+_MIN_ROWS_PER_THREAD = 64  # below this, a thread costs more than it saves
 
 
 def _numpy_friendly(tensor: Tensor) -> bool:
@@ -162,7 +185,7 @@ def _top_k_mask(flat: Tensor, k: int) -> Tensor:
         return torch.full((n, m), k == m, dtype=torch.bool, device=flat.device)
     if _numpy_friendly(flat):
         values = flat.detach().contiguous().numpy()
-        top = np.argpartition(values, m - k, axis=1)[:, m - k :]
+        top = _by_rows(lambda rows: np.argpartition(rows, m - k, axis=1)[:, m - k :], values)
         mask = np.zeros((n, m), dtype=bool)
         np.put_along_axis(mask, top, True, axis=1)
         return torch.from_numpy(mask)
@@ -337,16 +360,21 @@ def similarity_rate_curves(
             )
         if m < 1:
             raise ValueError(f"M must be at least 1, got {m}")
-    if torch.isnan(scores).any():
+    if not torch.isfinite(scores.sum()) and torch.isnan(scores).any():  # the sum is finite without NaN (fast path)
         raise ValueError("scores contain NaN; training examples cannot be ranked")
 
     device = scores.device
-    if _numpy_friendly(scores):
-        order = torch.from_numpy(np.argsort(scores.detach().contiguous().numpy(), axis=1))
+    if _numpy_friendly(scores) and _numpy_friendly(train_labels) and _numpy_friendly(test_labels):
+        train_np = train_labels.numpy()
+
+        def matches(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+            # [rows, n_train]: whether the training example of each rank (ascending score) has the row's label
+            return train_np[np.argsort(rows, axis=1)] == labels[:, None]
+
+        same = torch.from_numpy(_by_rows(matches, scores.detach().contiguous().numpy(), test_labels.numpy()))
     else:
         order = scores.argsort(dim=1)
-    train_labels = train_labels.to(device)
-    same = train_labels[order] == test_labels.to(device).unsqueeze(1)  # [n_test, n_train], ascending scores
+        same = train_labels.to(device)[order] == test_labels.to(device).unsqueeze(1)
     counts = same.cumsum(dim=1, dtype=torch.int32)
     total = counts[:, -1]
     index = torch.tensor(ms, device=device)
