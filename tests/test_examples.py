@@ -356,6 +356,36 @@ def test_weighted_hvp_equals_hvp_of_the_repeated_batch() -> None:
     torch.testing.assert_close(weighted, objective.hvp(x[draws], vectors), rtol=1e-12, atol=1e-12)
 
 
+def test_hvp_split_over_examples_is_exact() -> None:
+    """example_chunk_size only bounds memory: the pieces' weighted Hessians add up to the batch's."""
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    x = torch.randn(7, 5, dtype=torch.double)
+    objective = Objective(model)
+    vectors = torch.randn(objective.n_params, 3, dtype=torch.double)
+    expected = encoder_hessian(model, x) @ vectors
+    for size in (1, 3, 7, 50):
+        torch.testing.assert_close(objective.hvp(x, vectors, example_chunk_size=size), expected, rtol=1e-10, atol=1e-12)
+    weights = torch.rand(7, dtype=torch.double)
+    torch.testing.assert_close(objective.hvp(x, vectors, weights=weights, example_chunk_size=2),
+                               objective.hvp(x, vectors, weights=weights), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        objective.hvp(x, vectors, weights=weights[:3])
+
+
+def test_influence_functions_do_not_depend_on_hvp_chunk_size() -> None:
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(9, 5, dtype=torch.double), torch.randn(4, 5, dtype=torch.double)
+
+    def run(hvp_chunk_size: int | None) -> torch.Tensor:
+        explainer = InfluenceFunctions(Objective(model), damping=0.01, scale=50.0, depth=6, batch_size=5,
+                                       hvp_chunk_size=hvp_chunk_size)
+        return explainer.fit(train_x).attribute(test_x)
+
+    torch.testing.assert_close(run(2), run(None), rtol=1e-10, atol=1e-12)
+
+
 def test_unknown_solver_is_rejected() -> None:
     with pytest.raises(ValueError, match="solver must be one of"):
         InfluenceFunctions(Objective(LinearAutoEncoder()), solver="cg")

@@ -235,6 +235,7 @@ class Objective:
         y: Tensor | None = None,
         vector_chunk_size: int | None = None,
         weights: Tensor | None = None,
+        example_chunk_size: int | None = None,
     ) -> Tensor:
         """Hessian-matrix product ``H V``, shape ``[P, k]``, H the Hessian of the *mean* loss of ``x``.
 
@@ -251,11 +252,27 @@ class Objective:
             vector_chunk_size: columns of ``V`` per ``vmap`` call (bounds memory), ``None`` for all.
             weights: ``[b]`` weights of the examples' losses (H is then the Hessian of
                 ``sum_b weights_b * loss_b``); ``None``: the mean.
+            example_chunk_size: examples per differentiated graph (``None``: the whole batch). The
+                Hessian of a weighted sum of per-example losses is the weighted sum of their Hessians,
+                so the batch is split exactly; memory then scales with ``example_chunk_size *
+                vector_chunk_size`` instead of ``b * vector_chunk_size`` (what keeps an LSTM under 4 GiB).
         """
         if vectors.ndim != 2 or vectors.shape[0] != self.n_params:
             raise ValueError(f"vectors must have shape [P={self.n_params}, k], got {tuple(vectors.shape)}")
         if vector_chunk_size is not None:
             _check_positive_int("vector_chunk_size", vector_chunk_size)
+        if weights is not None and (weights.ndim != 1 or len(weights) != len(x)):
+            raise ValueError(f"weights must have shape [b={len(x)}], got {tuple(weights.shape)}")
+        if example_chunk_size is not None:
+            _check_positive_int("example_chunk_size", example_chunk_size)
+            if example_chunk_size < len(x):
+                if weights is None:  # the mean, as explicit weights: the pieces then add up exactly
+                    weights = torch.full((len(x),), 1.0 / len(x), dtype=vectors.dtype, device=vectors.device)
+                total = torch.zeros_like(vectors, device=self.device)
+                for start in range(0, len(x), example_chunk_size):
+                    part = slice(start, start + example_chunk_size)
+                    total += self.hvp(x[part], vectors, None if y is None else y[part], vector_chunk_size, weights[part])
+                return total
         wrapper = _LossModule(self.model, self.loss)
         device = self.device
         x = x.to(device)
@@ -451,6 +468,8 @@ class InfluenceFunctions(_LossBasedImportance):
         test_chunk_size: test examples whose gradients are inverted together (bounds memory to about
             ``4 * test_chunk_size * P`` floats besides the ``[n_train, P]`` training gradients; the result
             does not depend on it, since every chunk replays the same sampled batches); ``None``: all.
+        hvp_chunk_size: training examples per Hessian-vector-product graph (``None``: the whole sampled
+            batch); exact, it only bounds memory (see :meth:`Objective.hvp`).
     """
 
     SOLVERS = ("lissa", "arnoldi")
@@ -470,6 +489,7 @@ class InfluenceFunctions(_LossBasedImportance):
         arnoldi_iterations: int = 100,
         arnoldi_rank: int = 20,
         test_chunk_size: int | None = 256,
+        hvp_chunk_size: int | None = None,
     ) -> None:
         if solver not in self.SOLVERS:
             raise ValueError(f"InfluenceFunctions solver must be one of {list(self.SOLVERS)}, got {solver!r}")
@@ -502,6 +522,9 @@ class InfluenceFunctions(_LossBasedImportance):
         if test_chunk_size is not None:
             _check_positive_int("test_chunk_size", test_chunk_size)
         self.test_chunk_size = test_chunk_size
+        if hvp_chunk_size is not None:
+            _check_positive_int("hvp_chunk_size", hvp_chunk_size)
+        self.hvp_chunk_size = hvp_chunk_size
         self.solver = solver
         self.arnoldi_iterations = arnoldi_iterations
         self.arnoldi_rank = arnoldi_rank
@@ -531,7 +554,8 @@ class InfluenceFunctions(_LossBasedImportance):
         for start in range(0, n_train, self.batch_size):
             stop = min(start + self.batch_size, n_train)
             batch_y = None if self._train_y is None else self._train_y[start:stop]
-            product = self.objective.hvp(self._train_x[start:stop], vectors, batch_y, self.vector_chunk_size)
+            product = self.objective.hvp(self._train_x[start:stop], vectors, batch_y, self.vector_chunk_size,
+                                         example_chunk_size=self.hvp_chunk_size)
             total += product * ((stop - start) / n_train)
         return total
 
@@ -604,7 +628,7 @@ class InfluenceFunctions(_LossBasedImportance):
                 batch_y = None if self._train_y is None else self._train_y[unique]
                 hessian_h = self.objective.hvp(
                     self._train_x[unique], h, batch_y, vector_chunk_size=self.vector_chunk_size,
-                    weights=counts.double() / self.batch_size,
+                    weights=counts.double() / self.batch_size, example_chunk_size=self.hvp_chunk_size,
                 )
                 h = v + (1.0 - self.damping) * h - hessian_h / self.scale
                 if not torch.isfinite(h).all():
