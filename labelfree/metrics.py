@@ -177,17 +177,22 @@ _NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64, torch.in
 def _top_k_mask(flat: Tensor, k: int) -> Tensor:
     """Boolean ``[n, m]`` mask of the ``k`` largest entries of each row of ``flat`` (exactly ``k`` per row).
 
-    On the CPU this is numpy's ``argpartition`` (a SIMD selection, O(m) per row; about 3x faster than
-    ``torch.topk`` here); elsewhere ``torch.topk``. Both break ties arbitrarily.
+    On the CPU each row's k-th largest value comes from numpy's ``partition`` (a SIMD selection of values,
+    O(m) per row; 2x faster than ``argpartition``, which also tracks indices) and the mask is ``row >= it``;
+    rows where that is not exactly k entries (ties at the k-th value, or NaN) take ``argpartition``.
+    Elsewhere ``torch.topk``. Ties are broken arbitrarily.
     """
     n, m = flat.shape
     if k == 0 or k == m:
         return torch.full((n, m), k == m, dtype=torch.bool, device=flat.device)
     if _numpy_friendly(flat):
         values = flat.detach().contiguous().numpy()
-        top = _by_rows(lambda rows: np.argpartition(rows, m - k, axis=1)[:, m - k :], values)
-        mask = np.zeros((n, m), dtype=bool)
-        np.put_along_axis(mask, top, True, axis=1)
+        mask = _by_rows(lambda rows: rows >= np.partition(rows, m - k, axis=1)[:, m - k : m - k + 1], values)
+        uneven = np.flatnonzero(mask.sum(axis=1) != k)
+        if len(uneven):
+            top = np.argpartition(values[uneven], m - k, axis=1)[:, m - k :]
+            mask[uneven] = False
+            mask[uneven[:, None], top] = True
         return torch.from_numpy(mask)
     top = flat.topk(k, dim=1, sorted=False).indices
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True)
@@ -322,13 +327,53 @@ def similarity_rates(
     return most[0], least[0]
 
 
+_COMPARISONS_PER_BLOCK = 1 << 22  # bounds the [rows, columns, len(ms)] comparison block (4 MiB of bools)
+
+
+def _rate_counts_by_threshold(
+    scores: np.ndarray, test_labels: np.ndarray, train_labels: np.ndarray, ms: Sequence[int]
+) -> tuple[Tensor, Tensor] | None:
+    """Label matches among each row's top-m and bottom-m entries, ``(most, least)``, each ``[len(ms), n_test]``,
+    from order statistics instead of an argsort; ``None`` when a tie straddles a cut-off.
+
+    Sorting values only (no indices) is 3x faster than ``argsort`` with numpy's SIMD sort. Without ties at
+    the cut-offs, the top m of row i are exactly the entries ``>= t_i(m)``, its m-th largest value (and
+    the bottom m those ``<= b_i(m)``); the label matches among them are counted where they can occur,
+    in the block of rows and columns of each label.
+    """
+    n_test, n_train = scores.shape
+    ordered = _by_rows(lambda rows: np.sort(rows, axis=1), scores)
+    m = np.asarray(ms, dtype=np.int64)
+    inner = m[m < n_train]
+    if np.any(ordered[:, n_train - inner] == ordered[:, n_train - inner - 1]) or np.any(
+        ordered[:, inner - 1] == ordered[:, inner]
+    ):
+        return None  # which of the tied entries count is arbitrary: the argsort path decides
+    top = np.ascontiguousarray(ordered[:, n_train - m].T)  # [len(ms), n_test]: the m-th largest of each row
+    bottom = np.ascontiguousarray(ordered[:, m - 1].T)  # the m-th smallest
+    most = np.zeros((len(m), n_test), dtype=np.int64)
+    least = np.zeros((len(m), n_test), dtype=np.int64)
+    for label in np.unique(test_labels):
+        rows, columns = np.flatnonzero(test_labels == label), np.flatnonzero(train_labels == label)
+        if len(columns) == 0:
+            continue
+        step = max(1, _COMPARISONS_PER_BLOCK // (len(columns) * len(m)))
+        for start in range(0, len(rows), step):
+            part = rows[start : start + step]
+            block = scores[np.ix_(part, columns)][None]  # [1, r, q]; counted along the contiguous last axis
+            most[:, part] = np.count_nonzero(block >= top[:, part, None], axis=2)
+            least[:, part] = np.count_nonzero(block <= bottom[:, part, None], axis=2)
+    return torch.from_numpy(most), torch.from_numpy(least)
+
+
 def similarity_rate_curves(
     scores: Tensor, test_labels: Tensor, train_labels: Tensor, ms: Sequence[int]
 ) -> tuple[Tensor, Tensor]:
     """:func:`similarity_rates` for every ``m`` in ``ms`` at once: ``(most, least)``, each ``[len(ms), n_test]``.
 
-    Each row of ``scores`` is sorted once (ascending; on the CPU with numpy's SIMD argsort, about 5x
-    faster than ``torch.sort``); ``same[i, r] = 1`` when the training example of rank r carries test
+    On the CPU, each row's values are sorted once and the matches counted against its order statistics
+    (see :func:`_rate_counts_by_threshold`); when a tie straddles a cut-off, and on other devices, each
+    row is argsorted once (ascending) and ``same[i, r] = 1`` when the training example of rank r carries test
     example i's label, and its running sum ``c`` gives every rate: least(m) = c[m - 1] / m and
     most(m) = (c[n - 1] - c[n - m - 1]) / m.
     """
@@ -365,6 +410,11 @@ def similarity_rate_curves(
 
     device = scores.device
     if _numpy_friendly(scores) and _numpy_friendly(train_labels) and _numpy_friendly(test_labels):
+        counted = _rate_counts_by_threshold(scores.detach().contiguous().numpy(), test_labels.numpy(),
+                                            train_labels.numpy(), ms)
+        if counted is not None:
+            index = torch.tensor(ms, dtype=torch.float32)
+            return counted[0].float() / index[:, None], counted[1].float() / index[:, None]
         train_np = train_labels.numpy()
 
         def matches(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:

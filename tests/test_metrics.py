@@ -378,3 +378,67 @@ def test_selection_and_rates_agree_across_dtypes():
     expected = similarity_rate_curves(scores, labels_test, labels_train, [1, 2, 4])
     got = similarity_rate_curves(scores.bfloat16(), labels_test, labels_train, [1, 2, 4])
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def _rate_bounds(scores: torch.Tensor, same: torch.Tensor, m: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fewest and most label matches any top-m (bottom-m) selection can have when ties are broken either way."""
+    values = scores if largest else -scores
+    cut = values.topk(m, dim=1).values[:, -1:]  # the m-th largest value of each row
+    above, tied = values > cut, values == cut
+    needed = m - above.sum(dim=1)
+    fixed = (same & above).sum(dim=1)
+    tied_same, tied_other = (same & tied).sum(dim=1), (~same & tied).sum(dim=1)
+    low = fixed + (needed - tied_other).clamp_min(0)
+    high = fixed + torch.minimum(needed, tied_same)
+    return low, high
+
+
+def test_similarity_rate_curves_with_ties_at_the_cut_offs():
+    """Ties straddling a cut-off (integer scores) take the argsort path: every rate is one that some
+    tie-breaking gives, and ties away from the cut-offs leave the order-statistic path exact."""
+    from labelfree.metrics import similarity_rate_curves
+
+    generator = torch.Generator().manual_seed(6)
+    scores = torch.randint(5, (30, 20), generator=generator).float()
+    test_labels = torch.randint(3, (30,), generator=generator)
+    train_labels = torch.randint(3, (20,), generator=generator)
+    same = train_labels[None, :] == test_labels[:, None]
+    ms = [1, 3, 10, 19, 20]
+    most, least = similarity_rate_curves(scores, test_labels, train_labels, ms)
+    for row, m in enumerate(ms):
+        for rates, largest in ((most[row], True), (least[row], False)):
+            low, high = _rate_bounds(scores, same, m, largest)
+            counts = (rates * m).round()
+            assert torch.allclose(rates * m, counts, atol=1e-4)
+            assert ((counts >= low) & (counts <= high)).all()
+
+    distinct = torch.rand(30, 20, generator=generator)
+    distinct[:, 8:12] = 0.5  # ties in the middle ranks only; the cut-offs at 1, 3, 19 stay clear
+    ordered = distinct.sort(dim=1).values
+    assert (ordered[:, 2] < ordered[:, 3]).all() and (ordered[:, 16] < ordered[:, 17]).all()
+    most, least = similarity_rate_curves(distinct, test_labels, train_labels, [1, 3, 20])
+    for row, m in enumerate([1, 3, 20]):
+        expected_most = same.gather(1, distinct.topk(m, dim=1).indices).float().mean(dim=1)
+        expected_least = same.gather(1, distinct.topk(m, dim=1, largest=False).indices).float().mean(dim=1)
+        assert torch.allclose(most[row], expected_most) and torch.allclose(least[row], expected_least)
+
+
+def test_similarity_rate_curves_do_not_depend_on_the_comparison_block(monkeypatch):
+    import labelfree.metrics as metrics
+
+    generator = torch.Generator().manual_seed(7)
+    scores = torch.rand(50, 40, generator=generator)
+    test_labels, train_labels = torch.randint(2, (50,), generator=generator), torch.randint(2, (40,), generator=generator)
+    expected = metrics.similarity_rate_curves(scores, test_labels, train_labels, [2, 5, 40])
+    monkeypatch.setattr(metrics, "_COMPARISONS_PER_BLOCK", 7)
+    got = metrics.similarity_rate_curves(scores, test_labels, train_labels, [2, 5, 40])
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_mask_ties_at_the_kth_value_take_the_exact_path():
+    """Rows whose k-th largest value is tied give exactly k entries, all those strictly above it included."""
+    attributions = torch.tensor([[5.0, 3.0, 3.0, 3.0, 1.0, 0.0], [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]]).reshape(2, 1, 1, 6)
+    mask = top_feature_mask(attributions, 3 / 6).reshape(2, 6)
+    assert mask.sum(dim=1).tolist() == [3, 3]
+    assert mask[0, 0] and not mask[0, 4:].any() and mask[0, 1:4].sum() == 2
+    assert mask[1].tolist() == [True, True, True, False, False, False]
