@@ -145,6 +145,7 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
 
 
 _POOL: ThreadPoolExecutor | None = None
+_MIN_ROWS_PER_THREAD = 64  # below this, a thread costs more than it saves
 
 
 def _by_rows(function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.ndarray:
@@ -163,9 +164,6 @@ def _by_rows(function: Callable[..., np.ndarray], *arrays: np.ndarray) -> np.nda
     return np.concatenate(list(_POOL.map(function, *blocks)))
 
 
-_MIN_ROWS_PER_THREAD = 64  # below this, a thread costs more than it saves
-
-
 def _numpy_friendly(tensor: Tensor) -> bool:
     """Whether ``tensor`` can take numpy's SIMD selection/sort: on the CPU, a float or integer dtype numpy has."""
     return tensor.device.type == "cpu" and tensor.dtype in _NUMPY_DTYPES
@@ -179,7 +177,7 @@ def _top_k_mask(flat: Tensor, k: int) -> Tensor:
 
     On the CPU each row's k-th largest value comes from numpy's ``partition`` (a SIMD selection of values,
     O(m) per row; 2x faster than ``argpartition``, which also tracks indices) and the mask is ``row >= it``;
-    rows where that is not exactly k entries (ties at the k-th value, or NaN) take ``argpartition``.
+    rows where that is not exactly k entries (ties at the k-th value) take ``argpartition``.
     Elsewhere ``torch.topk``. Ties are broken arbitrarily.
     """
     n, m = flat.shape

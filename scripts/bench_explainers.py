@@ -76,10 +76,19 @@ TRACIN_RTOL = 1e-3
 DKNN_RTOL = 1e-4
 DKNN_EPS = 1e-12  # configs/explainer/dknn.yaml; lfxai adds nothing to the squared distance
 LFXAI_SIMPLEX_LR = 1e-3  # lfxai: torch.optim.Adam default learning rate
-ARNOLDI_ITERATIONS = 100  # configs/explainer/influence_functions.yaml
-ARNOLDI_RANK = 20
 LISSA_MEMORY_VECTORS = 8  # test vectors of the one-step LiSSA memory probe
 LISSA_SLICE = 32  # test images on which LiSSA runs at the paper's depth (paper-scale agreement check)
+
+
+def explainer_config(name: str) -> dict[str, Any]:
+    """The library's settings of one explainer, ``configs/explainer/<name>.yaml`` (the single source of its numbers)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "explainer" / f"{name}.yaml"))
+
+
+#: The paper's influence-function settings (depth, batch, Arnoldi iterations and rank), read from the config.
+IF_CONFIG = explainer_config("influence_functions")
 
 
 @dataclass
@@ -267,8 +276,9 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
         def influence_arnoldi() -> Tensor:
             explainer = InfluenceFunctions(objective, damping=PAPER["damping"], scale=PAPER["scale"], depth=w.depth,
                                            batch_size=w.if_batch_size, seed=w.seed, chunk_size=256,
-                                           solver="arnoldi", arnoldi_iterations=min(ARNOLDI_ITERATIONS, w.n_train),
-                                           arnoldi_rank=min(ARNOLDI_RANK, w.n_train))
+                                           solver="arnoldi",
+                                           arnoldi_iterations=min(IF_CONFIG["arnoldi_iterations"], w.n_train),
+                                           arnoldi_rank=min(IF_CONFIG["arnoldi_rank"], w.n_train))
             return explainer.fit(train_x).attribute(test_x)
 
         arnoldi_t, arnoldi_scores = median_time(influence_arnoldi, w.repeats)
@@ -381,7 +391,7 @@ def memory_options(model_key: str, explainer: str) -> dict[str, Any]:
     ``configs/explainer/<explainer>.yaml`` updated by the experiment's ``explainers.<explainer>``."""
     from omegaconf import OmegaConf
 
-    settings = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "explainer" / f"{explainer}.yaml"))
+    settings = explainer_config(explainer)
     experiment = OmegaConf.load(ROOT / "configs" / "experiment" / f"{MEMORY_MODELS[model_key][3]}.yaml")
     override = OmegaConf.select(experiment, f"explainers.{explainer}", default=None)
     if override is not None:
@@ -476,7 +486,9 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
     functions by Arnoldi), LiSSA at depth 100 on a slice of the test set (its time per test example and its
     agreement with Arnoldi), and the peak memory of the loss-based explainers on every applicable model."""
     base = {"threads": threads, "seed": seed, "n_train": size, "n_test": size, "n_checkpoints": 10}
-    arnoldi = {"depth": 100, "batch_size": 300, "solver": "arnoldi", "arnoldi_iterations": 100, "arnoldi_rank": 20}
+    lissa_options = {key: IF_CONFIG[key] for key in ("depth", "batch_size")}  # the paper's: 100 steps, batch 300
+    arnoldi = {**lissa_options, "solver": "arnoldi", "arnoldi_iterations": IF_CONFIG["arnoldi_iterations"],
+               "arnoldi_rank": IF_CONFIG["arnoldi_rank"]}
     jobs = {
         "TracIn (10 checkpoints)": {**base, "model": "mnist_ae", "explainer": "tracin", "options": {"chunk_size": 256}},
         "Influence functions (Arnoldi, depth-100 LiSSA expectation)": {
@@ -486,14 +498,14 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
     }
     rows = {name: run_job(job) for name, job in jobs.items()}
     total = sum(r["seconds"] for r in rows.values())
-    lines = ["| explainer (MNIST AE, 1000 x 1000) | seconds | peak RSS (GiB) |", "|---|---|---|"]
+    lines = [f"| explainer (MNIST AE, {size} x {size}) | seconds | peak RSS (GiB) |", "|---|---|---|"]
     lines += [f"| {name} | {r['seconds']:.1f} | {r['peak_rss_gib']:.2f} |" for name, r in rows.items()]
     lines += [f"| **all four** | **{total:.1f}** | |", ""]
 
     # LiSSA at depth 100 on a slice of the test set, and its agreement with Arnoldi there.
     n_slice = min(LISSA_SLICE, size)
     lissa = run_job({**base, "n_test": n_slice, "model": "mnist_ae", "explainer": "influence_functions",
-                     "options": {"depth": 100, "batch_size": 300}, "return_scores": True})
+                     "options": lissa_options, "return_scores": True})
     arnoldi_slice = run_job({**base, "n_test": n_slice, "model": "mnist_ae", "explainer": "influence_functions",
                              "options": arnoldi, "return_scores": True})
     a, b = torch.from_numpy(lissa["scores"]), torch.from_numpy(arnoldi_slice["scores"])
@@ -502,8 +514,8 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
     rel = float((a - b).norm() / b.norm())
     projected = lissa["seconds"] / n_slice * base["n_test"]
     lines += [
-        f"LiSSA at the paper's depth (100 steps, batch 300) on the first {n_slice} test images x 1000 training "
-        f"images: {lissa['seconds']:.1f} s, so about {projected / 60:.0f} minutes for the 1000 test images "
+        f"LiSSA at the paper's depth ({lissa_options['depth']} steps, batch {lissa_options['batch_size']}) on the first {n_slice} test images x {size} training "
+        f"images: {lissa['seconds']:.1f} s, so about {projected / 60:.0f} minutes for the {size} test images "
         f"(projected linearly: LiSSA's cost is proportional to the number of test vectors). Arnoldi on the same "
         f"slice: {arnoldi_slice['seconds']:.1f} s. Agreement of Arnoldi with LiSSA: Spearman {rho:.4f} over all "
         f"pairs, {rows_rho:.4f} per test row on average; relative Frobenius difference {rel:.3f} (LiSSA's own "
@@ -515,7 +527,8 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
         lines += [
             "Peak memory of the loss-based explainers on every model of the paper whose loss is per-example, "
             f"{size} training x {size} test inputs, with the memory bounds each model's experiment configures "
-            f"(exact: they do not change the scores). The LiSSA row runs one step (batch 300) on {LISSA_MEMORY_VECTORS} "
+            f"(exact: they do not change the scores). The LiSSA row runs one step (batch {lissa_options['batch_size']}) "
+            f"on {LISSA_MEMORY_VECTORS} "
             "test vectors: its peak is the Hessian-vector product's, which does not grow with more steps or "
             "(beyond the test chunk) more test vectors.",
             "",
@@ -531,7 +544,7 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
                 ("tracin", tracin_options, {}, "TracIn, 1 checkpoint"),
                 ("influence_functions", {**arnoldi, **if_options, "arnoldi_iterations": 3, "arnoldi_rank": 3}, {},
                  "influence functions (Arnoldi, 3 steps)"),
-                ("influence_functions", {"depth": 1, "batch_size": 300, **if_options}, {"n_test": LISSA_MEMORY_VECTORS},
+                ("influence_functions", {**lissa_options, "depth": 1, **if_options}, {"n_test": LISSA_MEMORY_VECTORS},
                  f"influence functions (LiSSA, 1 step, {LISSA_MEMORY_VECTORS} test vectors)"),
             ):
                 r = run_job({**base, "n_checkpoints": 1, "model": model_key, "explainer": name, "options": options,
