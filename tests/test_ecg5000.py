@@ -292,6 +292,18 @@ def test_hvp_matches_autograd_double_backward():
     _assert_unchanged(model, state, training=False)
 
 
+def test_split_hessian_through_the_lstm_equals_the_direct_product():
+    """The LSTM autoencoder's Hessian split at the 4-d code (the decoder skipped per column) is exact."""
+    model = tiny_model(seed=2)
+    x = torch.randn(5, 12, 1, dtype=torch.float64)
+    objective = Objective(model)
+    vectors = torch.randn(objective.n_params, 6, dtype=torch.float64)
+    operator = objective.hessian(x, example_chunk_size=2, vector_chunk_size=3, columns=6)
+    assert operator.split
+    direct = objective.hvp(x, vectors, example_chunk_size=2, vector_chunk_size=3, split=False)
+    torch.testing.assert_close(operator.matmul(vectors), direct, rtol=1e-9, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------
 # Feature importance on time series
 # ----------------------------------------------------------------------------------------------

@@ -373,6 +373,130 @@ def test_hvp_split_over_examples_is_exact() -> None:
         objective.hvp(x, vectors, weights=weights[:3])
 
 
+class PenalisedAutoEncoder(LinearAutoEncoder):
+    """Reads the encoder's weights outside its forward (a weight penalty): the split must not be used."""
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        return super().pretext_loss(x) + self.encoder.weight.pow(2).sum()
+
+
+class TiedAutoEncoder(LinearAutoEncoder):
+    """The decoder reuses the encoder's weight matrix (transposed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder.weight = self.encoder.weight  # the same Parameter, used as z @ W in the loss
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        return (self.encoder(x) @ self.decoder.weight - x).pow(2).mean(1)
+
+
+class CoupledAutoEncoder(LinearAutoEncoder):
+    """Each example's loss also reads the next example's representation: the head couples the batch."""
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        z = self.encoder(x)
+        return (self.decoder(z) - x).pow(2).mean(1) + (z * z.roll(1, dims=0)).sum(1)
+
+
+@pytest.mark.parametrize("model_name", ["linear", "classifier", "mnist"])
+def test_split_hessian_equals_the_direct_product(model_name: str) -> None:
+    """Splitting at the encoder's output (surrogate with the head's gradient and Hessian) is exact."""
+    torch.manual_seed(0)
+    y = None
+    if model_name == "linear":
+        model, x, tolerance = LinearAutoEncoder().double(), torch.randn(7, 5, dtype=torch.double), 1e-10
+    elif model_name == "classifier":
+        model, x, tolerance = TinyClassifier().double(), torch.randn(7, 5, dtype=torch.double), 1e-10
+        y = torch.randint(0, 4, (7,))
+    else:
+        model, x, tolerance = mnist_autoencoder(0).double(), torch.rand(5, 1, 28, 28, dtype=torch.double), 1e-9
+    objective = Objective(model)
+    before = snapshot(model)
+    vectors = torch.randn(objective.n_params, 6, dtype=torch.double)
+    weights = torch.rand(len(x), dtype=torch.double)
+    for kwargs in ({}, {"weights": weights}, {"weights": weights, "example_chunk_size": 3}, {"vector_chunk_size": 4}):
+        operator = objective.hessian(x, y, split=True, **{k: v for k, v in kwargs.items()})
+        assert operator.split
+        direct = objective.hvp(x, vectors, y, split=False, **kwargs)
+        torch.testing.assert_close(operator.matmul(vectors), direct, rtol=tolerance, atol=tolerance * direct.abs().max())
+    if model_name == "linear":  # and both against the exact Hessian
+        torch.testing.assert_close(objective.hvp(x, vectors, split=True), encoder_hessian(model, x) @ vectors,
+                                   rtol=1e-10, atol=1e-12)
+    assert_unchanged(model, before)
+
+
+def test_split_is_automatic_only_when_it_pays() -> None:
+    """Auto splits when the output has fewer entries per example (here 2) than the columns to multiply."""
+    model = LinearAutoEncoder().double()
+    x = torch.randn(4, 5, dtype=torch.double)
+    objective = Objective(model)
+    assert objective.hessian(x, columns=3).split
+    assert not objective.hessian(x, columns=2).split
+    assert not objective.hessian(x).split  # columns unknown
+    assert not objective.hessian(x, columns=3, split=False).split
+    with pytest.raises(ValueError, match="split must be None"):
+        objective.hessian(x, split="yes")
+
+
+@pytest.mark.parametrize(
+    ("model", "wrt", "reason"),
+    [
+        (PenalisedAutoEncoder(), "encoder", "depends on the parameters outside"),
+        (TiedAutoEncoder(), "encoder", "shares its parameters"),
+        (CoupledAutoEncoder(), "encoder", "couples the examples"),
+        (ConstantHessianModel(in_dim=5, out_dim=5), "encoder", "batch as first dimension"),
+        (LinearAutoEncoder(), "", "whole model"),
+    ],
+)
+def test_split_refuses_what_it_cannot_do_exactly(model: PretextModel, wrt: str, reason: str) -> None:
+    """split=True names the reason; auto falls back to the direct product (same numbers as split=False)."""
+    model = model.double()
+    torch.manual_seed(1)
+    x = torch.randn(6, 5, dtype=torch.double)
+    objective = Objective(model, wrt=wrt)
+    with pytest.raises(ValueError, match=reason):
+        objective.hessian(x, split=True)
+    vectors = torch.randn(objective.n_params, 4, dtype=torch.double)
+    assert not objective.hessian(x, columns=4).split
+    torch.testing.assert_close(objective.hvp(x, vectors), objective.hvp(x, vectors, split=False), rtol=0, atol=0)
+
+
+def test_split_refuses_a_vae_whose_loss_bypasses_forward() -> None:
+    """The VAEs call ``encoder.posterior`` (not forward): no split, and the products are the direct ones."""
+    from labelfree.models.vae import BetaVAE, BurgessDecoder, BurgessEncoder
+
+    torch.manual_seed(0)
+    model = BetaVAE(BurgessEncoder(3), BurgessDecoder(3), beta=2.0).double()
+    x = torch.rand(3, 1, 32, 32, dtype=torch.double)
+    objective = Objective(model)
+    with pytest.raises(ValueError, match="0 times"):
+        objective.hessian(x, split=True)
+    assert not objective.hessian(x, columns=50).split
+
+
+@pytest.mark.parametrize("solver", ["lissa", "arnoldi"])
+def test_influence_functions_do_not_depend_on_split_hessian(solver: str) -> None:
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(9, 5, dtype=torch.double), torch.randn(4, 5, dtype=torch.double)
+
+    def run(split_hessian: bool) -> torch.Tensor:
+        explainer = InfluenceFunctions(Objective(model), damping=0.01, scale=2.0, depth=6, batch_size=5, solver=solver,
+                                       arnoldi_iterations=6, arnoldi_rank=6, split_hessian=split_hessian)
+        return explainer.fit(train_x).attribute(test_x)
+
+    split, direct = run(True), run(False)
+    torch.testing.assert_close(split, direct, rtol=1e-9, atol=1e-12)
+    # the curvature matters here: without it the estimate would be a multiple of the gradients' products
+    objective = Objective(model)
+    flat = objective.per_example_grads(test_x) @ objective.per_example_grads(train_x).T
+    coefficient = float((flat * split).sum() / (flat * flat).sum())
+    assert (split - coefficient * flat).norm() > 0.05 * split.norm()
+    with pytest.raises(ValueError, match="split_hessian must be true or false"):
+        InfluenceFunctions(Objective(model), split_hessian="auto")
+
+
 def test_influence_functions_do_not_depend_on_hvp_chunk_size() -> None:
     torch.manual_seed(0)
     model = LinearAutoEncoder().double()

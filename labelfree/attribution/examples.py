@@ -42,6 +42,7 @@ __all__ = [
     "EXAMPLE_EXPLAINERS",
     "Checkpoint",
     "ExampleImportance",
+    "HessianOperator",
     "InfluenceFunctions",
     "Objective",
     "RandomExampleImportance",
@@ -236,57 +237,280 @@ class Objective:
         vector_chunk_size: int | None = None,
         weights: Tensor | None = None,
         example_chunk_size: int | None = None,
+        split: bool | None = None,
     ) -> Tensor:
         """Hessian-matrix product ``H V``, shape ``[P, k]``, H the Hessian of the *mean* loss of ``x``.
 
-        Reverse-over-reverse with ``torch.func``: the flattened gradient of the mean batch loss is
-        computed once (``vjp`` of ``grad`` keeps its graph) and its vector-Jacobian product, which is
-        ``H v`` since H is symmetric, is ``vmap``-ed over the columns of ``V``, ``vector_chunk_size``
-        columns at a time (``None``: all at once). Cost: about 2-3 forward/backward passes of the
-        batch per column.
-
-        Args:
-            x: a batch of inputs ``[b, ...]`` (moved to the model's device).
-            vectors: ``V``, shape ``[P, k]`` (moved to the model's device).
-            y: labels ``[b]`` for the loss, or ``None``.
-            vector_chunk_size: columns of ``V`` per ``vmap`` call (bounds memory), ``None`` for all.
-            weights: ``[b]`` weights of the examples' losses (H is then the Hessian of
-                ``sum_b weights_b * loss_b``); ``None``: the mean.
-            example_chunk_size: examples per differentiated graph (``None``: the whole batch). The
-                Hessian of a weighted sum of per-example losses is the weighted sum of their Hessians,
-                so the batch is split exactly; memory then scales with ``example_chunk_size *
-                vector_chunk_size`` instead of ``b * vector_chunk_size`` (what keeps an LSTM under 4 GiB).
+        One-off form of :meth:`hessian` (``hessian(x, ...).matmul(vectors)``); see there for the arguments.
+        ``split=None`` splits at the submodule's output when that is possible and cheaper for ``k`` columns.
         """
         if vectors.ndim != 2 or vectors.shape[0] != self.n_params:
             raise ValueError(f"vectors must have shape [P={self.n_params}, k], got {tuple(vectors.shape)}")
+        operator = self.hessian(x, y, weights, example_chunk_size, vector_chunk_size, split=split,
+                                columns=vectors.shape[1])
+        return operator.matmul(vectors)
+
+    def hessian(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        weights: Tensor | None = None,
+        example_chunk_size: int | None = None,
+        vector_chunk_size: int | None = None,
+        split: bool | None = None,
+        columns: int | None = None,
+    ) -> HessianOperator:
+        """The Hessian H of the mean loss of the batch ``x`` (or of ``sum_b weights_b * loss_b``) as an operator.
+
+        ``operator.matmul(V)`` returns ``H V`` (``[P, k]`` for ``V`` of shape ``[P, k]``) by reverse-over-reverse
+        differentiation with ``torch.func``, ``vmap``-ed over ``vector_chunk_size`` columns at a time.
+
+        Splitting at the submodule's output (exact). When the loss depends on theta only through
+        ``z_b = f_theta(u_b)``, the output of the differentiated submodule (``wrt``, called once per
+        batch), the chain rule gives ``H = sum_b w_b (J_b^T D_b J_b + sum_k e_bk grad^2 z_bk)`` with
+        ``e_b = dl_b/dz`` and ``D_b = d^2 l_b/dz^2`` of the rest of the model (the head, e.g. the decoder)
+        at the current weights. That is also the Hessian at theta of the surrogate
+        ``s(theta) = sum_b w_b (e_b . z_b(theta) + (1/2) dz_b^T D_b dz_b)``, ``dz_b = z_b(theta) - z_b``,
+        which only runs the submodule. ``e`` and ``D`` cost one head product per entry of ``z_b`` (d of
+        them) when the operator is built; every column then skips the head. ``split=None`` (auto) splits
+        when it is possible and ``d < columns`` (the number of columns the operator will multiply in all);
+        ``True`` insists (a clear error says why it cannot); ``False`` never splits. Before splitting, the
+        surrogate's gradient is checked against the loss's own (a loss that reads theta outside the
+        submodule, such as a weight penalty, would differ); on a mismatch auto falls back to the direct
+        product.
+
+        Args:
+            x: a batch of inputs ``[b, ...]`` (moved to the model's device).
+            y: labels ``[b]`` for the loss, or ``None``.
+            weights: ``[b]`` weights of the examples' losses; ``None``: the mean.
+            example_chunk_size: examples per differentiated graph (``None``: the whole batch). The Hessian of
+                a weighted sum of per-example losses is the weighted sum of their Hessians, so the batch is
+                split exactly; memory then scales with ``example_chunk_size * vector_chunk_size`` instead of
+                ``b * vector_chunk_size`` (what keeps an LSTM under 4 GiB).
+            vector_chunk_size: columns per ``vmap`` call (bounds memory), ``None`` for all.
+            split: split at the submodule's output: ``None`` (auto), ``True`` or ``False`` (see above).
+            columns: how many columns the operator will multiply in all (what auto compares ``d`` with);
+                ``None``: unknown, auto does not split.
+        """
         if vector_chunk_size is not None:
             _check_positive_int("vector_chunk_size", vector_chunk_size)
         if weights is not None and (weights.ndim != 1 or len(weights) != len(x)):
             raise ValueError(f"weights must have shape [b={len(x)}], got {tuple(weights.shape)}")
+        if split not in (None, True, False):
+            raise ValueError(f"split must be None (auto), True or False, got {split!r}")
+        if columns is not None:
+            _check_positive_int("columns", columns)
+        if y is not None and len(y) != len(x):
+            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        pieces = [(x, y, weights)]
         if example_chunk_size is not None:
             _check_positive_int("example_chunk_size", example_chunk_size)
             if example_chunk_size < len(x):
                 if weights is None:  # the mean, as explicit weights: the pieces then add up exactly
-                    weights = torch.full((len(x),), 1.0 / len(x), dtype=vectors.dtype, device=vectors.device)
-                total = torch.zeros_like(vectors, device=self.device)
-                for start in range(0, len(x), example_chunk_size):
-                    part = slice(start, start + example_chunk_size)
-                    total += self.hvp(x[part], vectors, None if y is None else y[part], vector_chunk_size, weights[part])
-                return total
-        wrapper = _LossModule(self.model, self.loss)
+                    weights = torch.full((len(x),), 1.0 / len(x), dtype=torch.float64)
+                pieces = [
+                    (x[s : s + example_chunk_size], None if y is None else y[s : s + example_chunk_size],
+                     weights[s : s + example_chunk_size])
+                    for s in range(0, len(x), example_chunk_size)
+                ]
         device = self.device
-        x = x.to(device)
-        y = None if y is None else y.to(device)
-        weights = None if weights is None else weights.to(device=device, dtype=vectors.dtype)
-        vectors = vectors.to(device)
-        k = vectors.shape[1]
-        chunk = k if vector_chunk_size is None else vector_chunk_size
+        dtype = next(self.model.get_submodule(self.wrt).parameters()).dtype
+        built = []
+        for px, py, pw in pieces:
+            px = px.to(device)
+            py = None if py is None else py.to(device)
+            pw = None if pw is None else pw.to(device=device, dtype=dtype)
+            curvature = None if split is False else self._output_curvature(px, py, pw, split, columns, vector_chunk_size)
+            built.append(_HessianPiece(px, py, pw, curvature))
+        return HessianOperator(self, built, vector_chunk_size)
+
+    def _output_curvature(
+        self, x: Tensor, y: Tensor | None, weights: Tensor | None, split: bool | None, columns: int | None,
+        vector_chunk_size: int | None,
+    ) -> _OutputCurvature | None:
+        """``e_b`` and ``D_b`` of the head at the submodule's output (see :meth:`hessian`), or ``None``
+        when auto decides against splitting. ``split=True`` raises when splitting is impossible."""
+
+        def refuse(reason: str) -> None:
+            if split:
+                raise ValueError(f"cannot split the Hessian of {type(self.model).__name__} at {self.wrt!r}: {reason}")
+            logger.debug("Hessian not split at %r: %s", self.wrt, reason)
+
+        if split is None and columns is None:
+            return refuse("the number of columns is unknown")
+        if not self.wrt:
+            return refuse("the whole model is differentiated, so there is no head")
+        submodule = self.model.get_submodule(self.wrt)
+        own = {id(p) for p in submodule.parameters()}
+        for name, module in self.model.named_modules():
+            if name == self.wrt or name.startswith(self.wrt + "."):
+                continue
+            if any(id(p) in own for p in module.parameters(recurse=False)):
+                return refuse(f"module {name!r} shares its parameters")
+        wrapper = _LossModule(self.model, self.loss)
+        calls: list[tuple[tuple, dict, object]] = []
+        cell: dict[str, Tensor] = {}
+
+        def record(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            calls.append((args, kwargs, output))
+
+        def replace(module: nn.Module, args: tuple, output: object) -> Tensor:
+            return cell["z"]
+
         with _eval_mode(self.model), torch.no_grad():
             params, fixed = self._split_state(wrapper)
+            handle = submodule.register_forward_hook(record, with_kwargs=True)
+            try:
+                functional_call(wrapper, (params, fixed), (x, y, False, weights))
+            finally:
+                handle.remove()
+            if len(calls) != 1:
+                return refuse(f"the loss calls the submodule's forward {len(calls)} times (needs exactly once)")
+            args, kwargs, output = calls[0]
+            if not isinstance(output, Tensor) or output.ndim < 1 or len(output) != len(x):
+                return refuse("its forward does not return one tensor with the batch as first dimension")
+            z0 = output.detach()
+            width = z0[0].numel()
+            if split is None and (columns is None or width >= columns):
+                return refuse(f"{width} output entries per example are not fewer than the {columns} columns")
+            if weights is None:  # the mean, as explicit weights
+                weights = torch.full((len(x),), 1.0 / len(x), dtype=z0.dtype, device=z0.device)
 
-            def flat_grad(p: dict[str, Tensor]) -> Tensor:
-                grads = grad(lambda q: functional_call(wrapper, (q, fixed), (x, y, False, weights)))(p)
-                return torch.cat([g.reshape(-1) for g in grads.values()])
+            def head(z: Tensor) -> Tensor:  # the weighted loss as a function of the submodule's output
+                cell["z"] = z
+                return functional_call(wrapper, (params, fixed), (x, y, False, weights))
+
+            handle = submodule.register_forward_hook(replace)
+            try:
+                gradient_fn = grad(head)
+                gradient = gradient_fn(z0).reshape(len(x), width)
+                _, head_vjp = vjp(gradient_fn, z0)
+                basis = torch.eye(width, dtype=z0.dtype, device=z0.device)
+                basis = basis[:, None, :].expand(width, len(x), width).reshape(width, *z0.shape)
+                step = width if vector_chunk_size is None else vector_chunk_size
+                blocks = [vmap(head_vjp)(basis[s : s + step].contiguous())[0] for s in range(0, width, step)]
+                probe = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0), dtype=z0.dtype)
+                (probed,) = head_vjp(probe.to(z0.device))
+            finally:
+                handle.remove()
+            # for a head that is per-example the Hessian in z is block diagonal: column j of D_b is row b of
+            # the product with the j-th basis direction repeated over the batch; a random probe checks that
+            hessian = torch.cat(blocks).reshape(width, len(x), width).permute(1, 2, 0).contiguous()
+            expected = torch.einsum("bij,bj->bi", hessian, probe.to(z0.device).reshape(len(x), width))
+            coupling = _relative_difference(probed.reshape(len(x), width), expected)
+            if coupling > _SPLIT_CHECK_RTOL:
+                return refuse(f"the head couples the examples (block-diagonal check off by {coupling:.1e} relative)")
+            curvature = _OutputCurvature(args, kwargs, z0, gradient, hessian)
+            direct = torch.cat([g.reshape(-1) for g in grad(
+                lambda p: functional_call(wrapper, (p, fixed), (x, y, False, weights)))(params).values()])
+            mismatch = _relative_difference(self._surrogate_grad(curvature)(params), direct)
+            if mismatch > _SPLIT_CHECK_RTOL:
+                return refuse(
+                    f"the loss depends on the parameters outside the submodule's output (gradients differ by "
+                    f"{mismatch:.1e} relative)"
+                )
+        return curvature
+
+    def _surrogate_grad(self, curvature: _OutputCurvature) -> Callable[[dict[str, Tensor]], Tensor]:
+        """theta -> flattened gradient of the surrogate ``s(theta)`` of :meth:`hessian` (runs the submodule
+        only; ``e`` and ``D`` already carry the examples' weights)."""
+        submodule = self.model.get_submodule(self.wrt)
+        prefix = f"model.{self.wrt}."
+        buffers = {name: b.detach() for name, b in submodule.named_buffers()}
+        z0 = curvature.output.reshape(len(curvature.output), -1)
+
+        def surrogate(p: dict[str, Tensor]) -> Tensor:
+            own = {name[len(prefix):]: t for name, t in p.items()}
+            z = functional_call(submodule, (own, buffers), curvature.args, curvature.kwargs).reshape(z0.shape)
+            dz = z - z0
+            return (curvature.gradient * z).sum() + 0.5 * torch.einsum("bi,bij,bj->", dz, curvature.hessian, dz)
+
+        def flat_grad(p: dict[str, Tensor]) -> Tensor:
+            return torch.cat([g.reshape(-1) for g in grad(surrogate)(p).values()])
+
+        return flat_grad
+
+
+#: Largest relative difference allowed by the checks of a split (:meth:`Objective.hessian`): the loss's gradient
+#: against the surrogate's, and the head's product with a random probe against its block-diagonal part. Float32
+#: rounding gives about 1e-6; a loss that reads the parameters elsewhere, or a head that couples examples, O(1).
+_SPLIT_CHECK_RTOL = 1e-3
+
+
+def _relative_difference(value: Tensor, reference: Tensor) -> float:
+    """``|value - reference| / |reference|`` (Frobenius norms; 0 when both vanish)."""
+    scale = reference.norm()
+    difference = (value - reference).norm()
+    return 0.0 if float(difference) == 0.0 else float(difference / scale.clamp_min(torch.finfo(scale.dtype).tiny))
+
+
+@dataclasses.dataclass(frozen=True)
+class _OutputCurvature:
+    """Inputs ``(args, kwargs)`` and output ``z [b, ...]`` of the submodule, with the head's gradient
+    ``e [b, d]`` and Hessian ``D [b, d, d]`` in the flattened output (see :meth:`Objective.hessian`)."""
+
+    args: tuple
+    kwargs: dict
+    output: Tensor
+    gradient: Tensor
+    hessian: Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class _HessianPiece:
+    """One differentiated graph: a slice of the batch, its loss weights and (split) its output curvature."""
+
+    x: Tensor
+    y: Tensor | None
+    weights: Tensor | None
+    curvature: _OutputCurvature | None
+
+
+class HessianOperator:
+    """``V -> H V`` for the Hessian of a fixed batch's loss; built by :meth:`Objective.hessian`.
+
+    Building it costs what does not depend on the vectors (with a split: the head's derivatives), so an
+    operator applied many times (Arnoldi) pays that once.
+    """
+
+    def __init__(self, objective: Objective, pieces: list[_HessianPiece], vector_chunk_size: int | None) -> None:
+        self.objective = objective
+        self.pieces = pieces
+        self.vector_chunk_size = vector_chunk_size
+
+    @property
+    def split(self) -> bool:
+        """Whether the products skip the head (split at the submodule's output)."""
+        return all(piece.curvature is not None for piece in self.pieces)
+
+    def matmul(self, vectors: Tensor) -> Tensor:
+        """``H V`` of shape ``[P, k]`` for ``V`` of shape ``[P, k]`` (on the model's device)."""
+        objective = self.objective
+        if vectors.ndim != 2 or vectors.shape[0] != objective.n_params:
+            raise ValueError(f"vectors must have shape [P={objective.n_params}, k], got {tuple(vectors.shape)}")
+        vectors = vectors.to(objective.device)
+        total: Tensor | None = None
+        for piece in self.pieces:
+            product = self._piece_product(piece, vectors)
+            total = product if total is None else total + product
+        assert total is not None
+        return total
+
+    def _piece_product(self, piece: _HessianPiece, vectors: Tensor) -> Tensor:
+        objective = self.objective
+        wrapper = _LossModule(objective.model, objective.loss)
+        k = vectors.shape[1]
+        chunk = k if self.vector_chunk_size is None else self.vector_chunk_size
+        weights = None if piece.weights is None else piece.weights.to(device=vectors.device, dtype=vectors.dtype)
+        with _eval_mode(objective.model), torch.no_grad():
+            params, fixed = objective._split_state(wrapper)
+            if piece.curvature is not None:
+                flat_grad = objective._surrogate_grad(piece.curvature)
+            else:
+
+                def flat_grad(p: dict[str, Tensor]) -> Tensor:
+                    grads = grad(lambda q: functional_call(wrapper, (q, fixed), (piece.x, piece.y, False, weights)))(p)
+                    return torch.cat([g.reshape(-1) for g in grads.values()])
 
             _, vjp_fn = vjp(flat_grad, params)
             columns = []
@@ -469,7 +693,11 @@ class InfluenceFunctions(_LossBasedImportance):
             ``4 * test_chunk_size * P`` floats besides the ``[n_train, P]`` training gradients; the result
             does not depend on it, since every chunk replays the same sampled batches); ``None``: all.
         hvp_chunk_size: training examples per Hessian-vector-product graph (``None``: the whole sampled
-            batch); exact, it only bounds memory (see :meth:`Objective.hvp`).
+            batch); exact, it only bounds memory (see :meth:`Objective.hessian`).
+        split_hessian: let Hessian-vector products skip the head (the decoder) by splitting the Hessian
+            at the encoder's output, exactly, where the model allows it and it is cheaper (see
+            :meth:`Objective.hessian`); ``False`` always differentiates the whole loss. Same scores either
+            way up to float rounding.
     """
 
     SOLVERS = ("lissa", "arnoldi")
@@ -490,6 +718,7 @@ class InfluenceFunctions(_LossBasedImportance):
         arnoldi_rank: int = 20,
         test_chunk_size: int | None = 256,
         hvp_chunk_size: int | None = None,
+        split_hessian: bool = True,
     ) -> None:
         if solver not in self.SOLVERS:
             raise ValueError(f"InfluenceFunctions solver must be one of {list(self.SOLVERS)}, got {solver!r}")
@@ -525,6 +754,9 @@ class InfluenceFunctions(_LossBasedImportance):
         if hvp_chunk_size is not None:
             _check_positive_int("hvp_chunk_size", hvp_chunk_size)
         self.hvp_chunk_size = hvp_chunk_size
+        if not isinstance(split_hessian, bool):
+            raise ValueError(f"InfluenceFunctions split_hessian must be true or false, got {split_hessian!r}")
+        self.split_hessian = split_hessian
         self.solver = solver
         self.arnoldi_iterations = arnoldi_iterations
         self.arnoldi_rank = arnoldi_rank
@@ -533,6 +765,11 @@ class InfluenceFunctions(_LossBasedImportance):
         self._train_grads: Tensor | None = None
         self.ritz_values: Tensor | None = None
         self._ritz_vectors: Tensor | None = None
+
+    @property
+    def _split(self) -> bool | None:
+        """``split`` argument of the Hessian products: auto, or never."""
+        return None if self.split_hessian else False
 
     def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> InfluenceFunctions:
         if len(train_x) == 0:
@@ -546,18 +783,21 @@ class InfluenceFunctions(_LossBasedImportance):
         self._fitted = True
         return self
 
-    def _full_hvp(self, vectors: Tensor) -> Tensor:
-        """``H V`` for H the Hessian of the mean loss over all training examples (``batch_size`` at a time)."""
+    def _full_hessian(self, columns: int) -> list[tuple[HessianOperator, float]]:
+        """The Hessian of the mean loss over all training examples as operators on ``batch_size`` examples
+        at a time, each with its share of the mean; ``columns``: products each operator will serve."""
         assert self._train_x is not None
         n_train = len(self._train_x)
-        total = torch.zeros_like(vectors)
+        operators = []
         for start in range(0, n_train, self.batch_size):
             stop = min(start + self.batch_size, n_train)
             batch_y = None if self._train_y is None else self._train_y[start:stop]
-            product = self.objective.hvp(self._train_x[start:stop], vectors, batch_y, self.vector_chunk_size,
-                                         example_chunk_size=self.hvp_chunk_size)
-            total += product * ((stop - start) / n_train)
-        return total
+            operator = self.objective.hessian(
+                self._train_x[start:stop], batch_y, example_chunk_size=self.hvp_chunk_size,
+                vector_chunk_size=self.vector_chunk_size, split=self._split, columns=columns,
+            )
+            operators.append((operator, (stop - start) / n_train))
+        return operators
 
     def _arnoldi(self) -> tuple[Tensor, Tensor]:
         """Ritz values ``[r]`` and orthonormal Ritz vectors ``[P, r]`` of H with the largest |value|."""
@@ -571,8 +811,9 @@ class InfluenceFunctions(_LossBasedImportance):
         start = torch.randn(n_params, generator=generator, dtype=dtype).to(device)
         basis[:, 0] = start / start.norm()
         size = steps
+        hessian = self._full_hessian(columns=steps)
         for j in tqdm(range(steps), desc="Arnoldi", leave=False):
-            w = self._full_hvp(basis[:, j : j + 1])[:, 0]
+            w = sum(share * operator.matmul(basis[:, j : j + 1])[:, 0] for operator, share in hessian)
             reference = w.norm()
             for _ in range(2):  # classical Gram-Schmidt, twice: orthogonal to float precision
                 coefficients = basis[:, : j + 1].T @ w
@@ -629,6 +870,7 @@ class InfluenceFunctions(_LossBasedImportance):
                 hessian_h = self.objective.hvp(
                     self._train_x[unique], h, batch_y, vector_chunk_size=self.vector_chunk_size,
                     weights=counts.double() / self.batch_size, example_chunk_size=self.hvp_chunk_size,
+                    split=self._split,
                 )
                 h = v + (1.0 - self.damping) * h - hessian_h / self.scale
                 if not torch.isfinite(h).all():
