@@ -298,7 +298,7 @@ def test_split_hessian_through_the_lstm_equals_the_direct_product():
     x = torch.randn(5, 12, 1, dtype=torch.float64)
     objective = Objective(model)
     vectors = torch.randn(objective.n_params, 6, dtype=torch.float64)
-    operator = objective.hessian(x, example_chunk_size=2, vector_chunk_size=3, columns=6)
+    operator = objective.hessian(x, example_chunk_size=2, vector_chunk_size=3, split=True)
     assert operator.split
     direct = objective.hvp(x, vectors, example_chunk_size=2, vector_chunk_size=3, split=False)
     torch.testing.assert_close(operator.matmul(vectors), direct, rtol=1e-9, atol=1e-12)

@@ -427,14 +427,14 @@ def test_split_hessian_equals_the_direct_product(model_name: str) -> None:
 
 
 def test_split_is_automatic_only_when_it_pays() -> None:
-    """Auto splits when the output has fewer entries per example (here 2) than the columns to multiply."""
+    """Auto splits when the columns to multiply are at least twice the output entries per example (here 2)."""
     model = LinearAutoEncoder().double()
     x = torch.randn(4, 5, dtype=torch.double)
     objective = Objective(model)
-    assert objective.hessian(x, columns=3).split
-    assert not objective.hessian(x, columns=2).split
+    assert objective.hessian(x, columns=4).split
+    assert not objective.hessian(x, columns=3).split
     assert not objective.hessian(x).split  # columns unknown
-    assert not objective.hessian(x, columns=3, split=False).split
+    assert not objective.hessian(x, columns=4, split=False).split
     with pytest.raises(ValueError, match="split must be None"):
         objective.hessian(x, split="yes")
 
@@ -476,7 +476,10 @@ def test_split_refuses_a_vae_whose_loss_bypasses_forward() -> None:
 
 
 @pytest.mark.parametrize("solver", ["lissa", "arnoldi"])
-def test_influence_functions_do_not_depend_on_split_hessian(solver: str) -> None:
+def test_influence_functions_do_not_depend_on_split_hessian(solver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    surrogate_calls = []
+    original = Objective._surrogate_grad
+    monkeypatch.setattr(Objective, "_surrogate_grad", lambda self, c: surrogate_calls.append(1) or original(self, c))
     torch.manual_seed(0)
     model = LinearAutoEncoder().double()
     train_x, test_x = torch.randn(9, 5, dtype=torch.double), torch.randn(4, 5, dtype=torch.double)
@@ -486,7 +489,11 @@ def test_influence_functions_do_not_depend_on_split_hessian(solver: str) -> None
                                        arnoldi_iterations=6, arnoldi_rank=6, split_hessian=split_hessian)
         return explainer.fit(train_x).attribute(test_x)
 
-    split, direct = run(True), run(False)
+    split = run(True)
+    assert surrogate_calls, "the split was not used"
+    surrogate_calls.clear()
+    direct = run(False)
+    assert not surrogate_calls
     torch.testing.assert_close(split, direct, rtol=1e-9, atol=1e-12)
     # the curvature matters here: without it the estimate would be a multiple of the gradients' products
     objective = Objective(model)
