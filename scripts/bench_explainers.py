@@ -637,8 +637,8 @@ gradients `test_chunk_size` at a time, and build each Hessian-vector-product gra
 `hvp_chunk_size` examples and `vector_chunk_size` vectors. Each model's experiment config sets these
 bounds (the LSTM needs the smallest); none of them changes the scores.
 Hessian-vector products skip the decoder where the model allows it (`split_hessian`, see `docs/DESIGN.md`):
-the MNIST autoencoder's always do here (4-d code); the LSTM's split only when more test vectors than its
-64-d code are inverted together, so its 8-vector LiSSA row and 3-step Arnoldi row take the direct product,
+the MNIST autoencoder's always do here (4-d code); the LSTM's split only when at least 128 columns (twice
+its 64-d code) are multiplied, so its 8-vector LiSSA row and 3-step Arnoldi row take the direct product,
 whose graph (encoder and decoder) bounds the split one's; the beta-VAE's loss calls `encoder.posterior`,
 so it never splits.
 """
