@@ -246,8 +246,8 @@ class Objective:
         """
         if vectors.ndim != 2 or vectors.shape[0] != self.n_params:
             raise ValueError(f"vectors must have shape [P={self.n_params}, k], got {tuple(vectors.shape)}")
-        operator = self.hessian(x, y, weights, example_chunk_size, vector_chunk_size, split=split,
-                                columns=vectors.shape[1])
+        operator = self.hessian(x, y, weights=weights, example_chunk_size=example_chunk_size,
+                                vector_chunk_size=vector_chunk_size, split=split, columns=vectors.shape[1])
         return operator.matmul(vectors)
 
     def hessian(
@@ -385,27 +385,25 @@ class Objective:
 
             handle = submodule.register_forward_hook(replace)
             try:
-                gradient_fn = grad(head)
-                gradient = gradient_fn(z0).reshape(len(x), width)
-                _, head_vjp = vjp(gradient_fn, z0)
+                gradient, head_vjp = vjp(grad(head), z0)
+                gradient = gradient.reshape(len(x), width)
                 basis = torch.eye(width, dtype=z0.dtype, device=z0.device)
                 basis = basis[:, None, :].expand(width, len(x), width).reshape(width, *z0.shape)
                 step = width if vector_chunk_size is None else vector_chunk_size
                 blocks = [vmap(head_vjp)(basis[s : s + step].contiguous())[0] for s in range(0, width, step)]
-                probe = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0), dtype=z0.dtype)
-                (probed,) = head_vjp(probe.to(z0.device))
+                probe = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0), dtype=z0.dtype).to(z0.device)
+                (probed,) = head_vjp(probe)
             finally:
                 handle.remove()
             # for a head that is per-example the Hessian in z is block diagonal: column j of D_b is row b of
             # the product with the j-th basis direction repeated over the batch; a random probe checks that
             hessian = torch.cat(blocks).reshape(width, len(x), width).permute(1, 2, 0).contiguous()
-            expected = torch.einsum("bij,bj->bi", hessian, probe.to(z0.device).reshape(len(x), width))
+            expected = torch.einsum("bij,bj->bi", hessian, probe.reshape(len(x), width))
             coupling = _relative_difference(probed.reshape(len(x), width), expected)
             if coupling > _SPLIT_CHECK_RTOL:
                 return refuse(f"the head couples the examples (block-diagonal check off by {coupling:.1e} relative)")
             curvature = _OutputCurvature(args, kwargs, z0, gradient, hessian)
-            direct = torch.cat([g.reshape(-1) for g in grad(
-                lambda p: functional_call(wrapper, (p, fixed), (x, y, False, weights)))(params).values()])
+            direct = _loss_flat_grad(wrapper, fixed, x, y, weights)(params)
             mismatch = _relative_difference(self._surrogate_grad(curvature)(params), direct)
             if mismatch > _SPLIT_CHECK_RTOL:
                 return refuse(
@@ -428,10 +426,7 @@ class Objective:
             dz = z - z0
             return (curvature.gradient * z).sum() + 0.5 * torch.einsum("bi,bij,bj->", dz, curvature.hessian, dz)
 
-        def flat_grad(p: dict[str, Tensor]) -> Tensor:
-            return torch.cat([g.reshape(-1) for g in grad(surrogate)(p).values()])
-
-        return flat_grad
+        return lambda p: _flatten(grad(surrogate)(p))
 
 
 #: Largest relative difference allowed by the checks of a split (:meth:`Objective.hessian`): the loss's gradient
@@ -444,6 +439,18 @@ _SPLIT_CHECK_RTOL = 1e-3
 #: 2-core CPU for the ECG LSTM autoencoder (d = 64, 50 examples, 4 vectors per vmap): 112 columns (1.75 d); at
 #: 128 the split is 1.13x faster, at 256 1.3x; for the MNIST autoencoder (d = 4) 200 columns give 2x.
 _SPLIT_COLUMNS_PER_OUTPUT = 2
+
+
+def _flatten(tensors: dict[str, Tensor]) -> Tensor:
+    """The values of a parameter-keyed dict, flattened and concatenated in order: ``[P]``."""
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def _loss_flat_grad(
+    wrapper: _LossModule, fixed: dict[str, Tensor], x: Tensor, y: Tensor | None, weights: Tensor | None
+) -> Callable[[dict[str, Tensor]], Tensor]:
+    """theta -> flattened gradient ``[P]`` of the batch loss (the mean, or ``sum_b weights_b * loss_b``)."""
+    return lambda p: _flatten(grad(lambda q: functional_call(wrapper, (q, fixed), (x, y, False, weights)))(p))
 
 
 def _relative_difference(value: Tensor, reference: Tensor) -> float:
@@ -516,11 +523,7 @@ class HessianOperator:
             if piece.curvature is not None:
                 flat_grad = objective._surrogate_grad(piece.curvature)
             else:
-
-                def flat_grad(p: dict[str, Tensor]) -> Tensor:
-                    grads = grad(lambda q: functional_call(wrapper, (q, fixed), (piece.x, piece.y, False, weights)))(p)
-                    return torch.cat([g.reshape(-1) for g in grads.values()])
-
+                flat_grad = _loss_flat_grad(wrapper, fixed, piece.x, piece.y, weights)
             _, vjp_fn = vjp(flat_grad, params)
             columns = []
             for start in range(0, k, chunk):
