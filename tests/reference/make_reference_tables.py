@@ -1,0 +1,61 @@
+"""Write the smoke-scale reference tables that tests compare every experiment against.
+
+    python tests/reference/make_reference_tables.py
+
+Runs every experiment of ``configs/experiment`` at ``scale=smoke`` (seed 1, CPU) on the tiny data sets
+the tests build, and copies each run's tidy CSVs to ``tests/reference/smoke/<experiment>/``. The files
+committed there were written by the code *before* the restructuring of issue 14 (commit 222ee75); a
+test reruns every experiment with the current code and requires the same tables, so a refactoring
+that changes a number fails. Regenerate only when a change is *meant* to change what an experiment
+computes, and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+OUT = HERE / "smoke"
+
+
+def main() -> None:
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from hydra import compose, initialize_config_dir
+
+    from cifar_fixture import write_cifar_npz
+    from dsprites_fixture import write_dsprites_npz
+    from ecg_fixture import write_ecg5000
+    from labelfree.runner import run
+    from mnist_fixture import write_mnist_idx
+
+    experiments = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = write_mnist_idx(tmp / "data", n_train=400, n_test=200, seed=0)
+        write_ecg5000(data, n_train=40, n_test=60, fmt="tsv", seed=0)
+        write_cifar_npz(data, n_train=100, n_test=50, seed=0)
+        write_dsprites_npz(data, n=160, form="subset", seed=0)
+        for experiment in experiments:
+            with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+                cfg = compose("run", overrides=[
+                    f"paths.data_dir={data}", f"paths.cache_dir={tmp / 'cache' / experiment}", f"paths.output_dir={tmp / 'out'}",
+                    "dataset.download=false", f"experiment={experiment}", "scale=smoke",
+                ])
+            run_dir = tmp / "runs" / experiment
+            run(cfg, run_dir)
+            target = OUT / experiment
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            for csv in sorted(run_dir.glob("*.csv")):
+                shutil.copy(csv, target / csv.name)
+            print(experiment, sorted(p.name for p in target.iterdir()))
+
+
+if __name__ == "__main__":
+    main()
