@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["balanced_subset", "train_val_split"]
+__all__ = ["balanced_subset", "random_subset", "train_val_split"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -21,6 +21,18 @@ def _sorted_indices(indices: Tensor, n: int) -> Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[indices] = True
     return torch.nonzero(mask, as_tuple=True)[0]
+
+
+def random_subset(n: int, size: int | None, seed: int) -> Tensor:
+    """The first ``size`` indices of a seeded random permutation of ``range(n)`` (all ``n`` when ``size`` is None).
+
+    Returns int64 indices ``[min(size, n)]`` in the permutation's order (not sorted), so the same seed
+    and a larger ``size`` extend the same draw.
+    """
+    if size is not None and (int(size) != size or size < 1):
+        raise ValueError(f"a subset size must be a positive integer or None, got {size!r}.")
+    order = torch.randperm(int(n), generator=_generator(seed))
+    return order if size is None else order[: int(size)]
 
 
 def balanced_subset(
