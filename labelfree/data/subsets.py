@@ -24,15 +24,17 @@ def _sorted_indices(indices: Tensor, n: int) -> Tensor:
 
 
 def random_subset(n: int, size: int | None, seed: int) -> Tensor:
-    """The first ``size`` indices of a seeded random permutation of ``range(n)`` (all ``n`` when ``size`` is None).
+    """The first ``size`` indices of a seeded random permutation of ``range(n)``; ``range(n)`` itself
+    (every example, in order) when ``size`` is None.
 
     Returns int64 indices ``[min(size, n)]`` in the permutation's order (not sorted), so the same seed
     and a larger ``size`` extend the same draw.
     """
     if size is not None and (int(size) != size or size < 1):
         raise ValueError(f"a subset size must be a positive integer or None, got {size!r}.")
-    order = torch.randperm(int(n), generator=_generator(seed))
-    return order if size is None else order[: int(size)]
+    if size is None:
+        return torch.arange(int(n))
+    return torch.randperm(int(n), generator=_generator(seed))[: int(size)]
 
 
 def balanced_subset(
