@@ -1,6 +1,7 @@
 """Write the smoke-scale reference tables that tests compare every experiment against.
 
-    python tests/reference/make_reference_tables.py
+    python tests/reference/make_reference_tables.py            # rewrite the references
+    python tests/reference/make_reference_tables.py --check    # compare the current code against them
 
 Runs every experiment of ``configs/experiment`` at ``scale=smoke`` (seed 1, CPU) on the tiny data sets
 the tests build, and copies each run's tidy CSVs to ``tests/reference/smoke/<experiment>/``. The files
@@ -12,6 +13,7 @@ computes, and say so in the commit.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -24,6 +26,10 @@ OUT = HERE / "smoke"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--check", action="store_true", help="compare with the committed tables, write nothing")
+    parser.add_argument("experiments", nargs="*", help="default: every experiment")
+    args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from hydra import compose, initialize_config_dir
@@ -34,7 +40,10 @@ def main() -> None:
     from labelfree.runner import run
     from mnist_fixture import write_mnist_idx
 
-    experiments = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+    import pandas as pd
+
+    experiments = args.experiments or sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+    failures = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = write_mnist_idx(tmp / "data", n_train=400, n_test=200, seed=0)
@@ -49,12 +58,24 @@ def main() -> None:
                 ])
             run_dir = tmp / "runs" / experiment
             run(cfg, run_dir)
+            if args.check:
+                for csv in sorted((OUT / experiment).glob("*.csv")):
+                    try:
+                        pd.testing.assert_frame_equal(pd.read_csv(run_dir / csv.name), pd.read_csv(csv))
+                    except (AssertionError, FileNotFoundError) as error:
+                        failures.append(f"{experiment}/{csv.name}: {error}")
+                print(experiment, "checked")
+                continue
             target = OUT / experiment
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
             for csv in sorted(run_dir.glob("*.csv")):
                 shutil.copy(csv, target / csv.name)
             print(experiment, sorted(p.name for p in target.iterdir()))
+    if failures:
+        raise SystemExit("tables differ from the references:\n" + "\n".join(failures))
+    if args.check:
+        print("every table equals its reference")
 
 
 if __name__ == "__main__":
