@@ -4,9 +4,11 @@
     python scripts/bench_explainers.py --paper-scale        # labelfree only: the paper's MNIST example check
     python scripts/bench_explainers.py --tiny --out /tmp/b.md   # seconds; what the test runs
 
-Workload (defaults): the paper's MNIST autoencoder (d = 4) with fixed weights, MNIST-shaped inputs in [0, 1],
-n_train = n_test = 200, two TracIn checkpoints, LiSSA depth 5 with the paper's damping (1e-3) and scale (1000),
-top-20 % masks of 1000 images, similarity rates of a 1000 x 1000 score matrix at M = 5, 10, 20, 50, 70, 100 %.
+Workload (``configs/bench/default.yaml``): the paper's MNIST autoencoder (d = 4) with fixed weights, MNIST-shaped
+inputs in [0, 1], n_train = n_test = 200, two TracIn checkpoints, LiSSA depth 5 with the paper's damping (1e-3) and
+scale (1000), top-20 % masks of 1000 images, similarity rates of a 1000 x 1000 score matrix at M = 5, 10, 20, 50,
+70, 100 %. Every explainer is built by ``build_example_explainer`` with the settings of its
+``configs/explainer/<name>.yaml`` (the library defaults); the workload only changes what it names.
 Both packages see the same model (eval mode: BatchNorm uses its running statistics), the same inputs, the same
 checkpoint files and the same per-example loss (mean squared reconstruction error of one image). lfxai runs
 the code paths its experiments use (``attribute_loader``: one example per step, one file per gradient).
@@ -14,9 +16,9 @@ the code paths its experiments use (``attribute_loader``: one example per step, 
 Agreement checks (each must pass, or the script exits with status 1):
 
 * TracIn and DKNN: the same scores within float tolerance (DKNN: labelfree adds eps = 1e-12 to the squared
-  distance, as in configs/explainer/dknn.yaml; lfxai adds nothing). Representations of a random-weight
-  encoder on random images are close together, so eps matters: the library default (1e-8) would change
-  the largest scores by about 1 %.
+  distance, configs/explainer/dknn.yaml and the library default; lfxai adds nothing). Representations of a
+  random-weight encoder on random images are close together, so eps matters: 1e-8 would change the largest
+  scores by about 1 %.
 * Masks and similarity rates: identical.
 * SimplEx: labelfree is run with lfxai's optimiser settings (Adam, lr 1e-3, 1000 steps, no decay) so both
   solve the same problem along the same path; the float summation order differs (one matrix product versus
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -57,7 +60,7 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labelfree.attribution.examples import DKNN, InfluenceFunctions, Objective, SimplEx, TracIn  # noqa: E402
+from labelfree.attribution.examples import Arnoldi, LiSSA, Objective, build_example_explainer  # noqa: E402
 from labelfree.io import save_text  # noqa: E402
 from labelfree.metrics import percent_to_count, similarity_rate_curves, top_feature_mask  # noqa: E402
 from labelfree.models.registry import build_autoencoder  # noqa: E402
@@ -65,8 +68,6 @@ from labelfree.training import Checkpoint  # noqa: E402
 
 log = logging.getLogger("bench")
 
-#: The paper's settings for the MNIST example check (PAPER.md section 3) and the issue's workload.
-PAPER = {"damping": 1e-3, "scale": 1000.0, "simplex_steps": 1000, "latent_dim": 4}
 SIMILARITY_PERCENTS = (5, 10, 20, 50, 70, 100)
 TARGETS = {"tracin": 50.0, "influence_functions": 10.0, "masks": 100.0, "similarity_rates": 20.0,
            "simplex": 2.0, "dknn": 1.0}
@@ -74,11 +75,8 @@ SIMPLEX_MIN_SPEARMAN = 0.99
 IF_MIN_SPEARMAN = 0.95
 TRACIN_RTOL = 1e-3
 DKNN_RTOL = 1e-4
-DKNN_EPS = 1e-12  # configs/explainer/dknn.yaml; lfxai adds nothing to the squared distance
 LFXAI_SIMPLEX_LR = 1e-3  # lfxai: torch.optim.Adam default learning rate
 FAST_PIECE_S = 1.0  # pieces faster than this get a warm-up call and Workload.fast_repeats timed calls
-LISSA_MEMORY_VECTORS = 8  # test vectors of the one-step LiSSA memory probe
-LISSA_SLICE = 32  # test images on which LiSSA runs at the paper's depth (paper-scale agreement check)
 
 
 def explainer_config(name: str) -> dict[str, Any]:
@@ -88,25 +86,66 @@ def explainer_config(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "explainer" / f"{name}.yaml"))
 
 
-#: The paper's influence-function settings (depth, batch, Arnoldi iterations and rank), read from the config.
-IF_CONFIG = explainer_config("influence_functions")
+def explainer_settings(name: str) -> dict[str, Any]:
+    """``configs/explainer/<name>.yaml`` as :func:`build_example_explainer` takes it: the node instantiated (the
+    solver becomes an object), without ``kind`` and ``method``."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    settings = dict(instantiate(OmegaConf.load(ROOT / "configs" / "explainer" / f"{name}.yaml"), _convert_="all"))
+    settings.pop("kind")
+    settings.pop("method")
+    return settings
+
+
+def bench_config() -> dict[str, Any]:
+    """The benchmark's workloads, ``configs/bench/default.yaml``."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "bench" / "default.yaml"))
+
+
+def paper_lissa() -> LiSSA:
+    """The paper's LiSSA (damping 1e-3, scale 1000, depth 100, batch 300): the influence-function config's solver."""
+    return explainer_settings("influence_functions")["solver"]
+
+
+def expected_lissa(lissa: LiSSA, cap: int | None = None) -> Arnoldi:
+    """The Arnoldi solver of the expectation of ``lissa``'s estimate (its damping, scale, depth and batch), with
+    the library's iterations and rank, both at most ``cap`` (the number of training examples of a small workload)."""
+    arnoldi = Arnoldi(damping=lissa.damping, scale=lissa.scale, depth=lissa.depth, batch_size=lissa.batch_size)
+    if cap is not None:
+        arnoldi = dataclasses.replace(arnoldi, iterations=min(arnoldi.iterations, cap), rank=min(arnoldi.rank, cap))
+    return arnoldi
 
 
 @dataclass
 class Workload:
-    n_train: int = 200
-    n_test: int = 200
-    n_checkpoints: int = 2
-    depth: int = 5
-    if_batch_size: int = 300
-    mask_images: int = 1000
-    mask_percent: float = 20.0
-    similarity_size: int = 1000
-    n_classes: int = 10
-    repeats: int = 3
-    lfxai_repeats: int = 3
-    fast_repeats: int = 15  # timed calls of pieces under FAST_PIECE_S (0: no warm-up rule)
-    seed: int = 0
+    """One workload of ``configs/bench/default.yaml`` (see there)."""
+
+    n_train: int
+    n_test: int
+    n_checkpoints: int
+    depth: int
+    if_batch_size: int
+    mask_images: int
+    mask_percent: float
+    similarity_size: int
+    n_classes: int
+    repeats: int
+    lfxai_repeats: int
+    fast_repeats: int  # timed calls of pieces under FAST_PIECE_S (0: no warm-up rule)
+    seed: int
+
+    @classmethod
+    def from_config(cls, tiny: bool = False) -> Workload:
+        """The workload (``tiny``: with the tiny one's values) of ``configs/bench/default.yaml``; a null
+        ``if_batch_size`` is the paper's LiSSA batch."""
+        config = bench_config()
+        values = {**config["workload"], **(config["tiny"] if tiny else {})}
+        if values["if_batch_size"] is None:
+            values["if_batch_size"] = paper_lissa().batch_size
+        return cls(**values)
 
 
 @dataclass
@@ -153,9 +192,13 @@ def median_time(fn: Callable[[], Any], repeats: int, fast_repeats: int = 0) -> t
 
 # ------------------------------------------------------------------------------------------ workload
 def make_model(seed: int) -> nn.Module:
-    """The paper's MNIST autoencoder (reconstruction) with fixed random weights, in eval mode."""
+    """The paper's MNIST autoencoder (reconstruction, ``configs/model/<bench model>.yaml``) with fixed random
+    weights, in eval mode."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(ROOT / "configs" / "model" / f"{bench_config()['model']}.yaml")
     torch.manual_seed(seed)
-    model = build_autoencoder({"architecture": "mnist_conv", "latent_dim": PAPER["latent_dim"], "pretext": "reconstruction"})
+    model = build_autoencoder({key: config[key] for key in ("architecture", "latent_dim", "pretext")})
     # Non-trivial BatchNorm statistics, so eval mode matters.
     with torch.no_grad():
         for module in model.modules():
@@ -238,8 +281,12 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
         adapter = LfxaiAdapter(model, [c.path for c in checkpoints]).eval()
 
         # ---- TracIn
+        tracin_settings = explainer_settings("tracin")
+
         def tracin() -> Tensor:
-            return TracIn(objective, checkpoints, chunk_size=256).fit(train_x).attribute(test_x)
+            explainer = build_example_explainer("tracin", model, checkpoints=checkpoints, objective=objective,
+                                                **tracin_settings)
+            return explainer.fit(train_x).attribute(test_x)
 
         ours_t, ours = median_time(tracin, w.repeats, w.fast_repeats)
         row = Row("tracin", "TracIn", ours_t)
@@ -259,10 +306,13 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
             row.agreement = f"max |diff| / max |score| = {error:.1e} (<= {TRACIN_RTOL:g})"
         report.rows.append(row)
 
-        # ---- Influence functions (LiSSA)
+        # ---- Influence functions (LiSSA): the config's, at the workload's depth and batch
+        if_settings = explainer_settings("influence_functions")
+        lissa = dataclasses.replace(if_settings["solver"], depth=w.depth, batch_size=w.if_batch_size)
+
         def influence() -> Tensor:
-            explainer = InfluenceFunctions(objective, damping=PAPER["damping"], scale=PAPER["scale"], depth=w.depth,
-                                           batch_size=w.if_batch_size, seed=w.seed, chunk_size=256)
+            explainer = build_example_explainer("influence_functions", model, seed=w.seed, objective=objective,
+                                                **{**if_settings, "solver": lissa})
             return explainer.fit(train_x).attribute(test_x)
 
         ours_t, ours = median_time(influence, w.repeats, w.fast_repeats)
@@ -277,7 +327,7 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
                     return LInfluence(adapter, loss, folder / "lfxai_if").attribute_loader(
                         torch.device("cpu"), _loader(train_x), _loader(test_x),
                         _loader(train_x, batch_size=w.if_batch_size, sampler=sampler),
-                        recursion_depth=w.depth, damp=PAPER["damping"], scale=PAPER["scale"])
+                        recursion_depth=lissa.depth, damp=lissa.damping, scale=lissa.scale)
 
             row.lfxai_s, theirs = median_time(lfxai_influence, w.lfxai_repeats, w.fast_repeats)
             rho = _spearman(ours, theirs)
@@ -285,14 +335,13 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
             row.agreement = f"Spearman over all pairs = {rho:.4f} (>= {IF_MIN_SPEARMAN})"
         report.rows.append(row)
 
-        # ---- Influence functions, solver="arnoldi": the expectation of the same depth-w.depth LiSSA estimate
+        # ---- Influence functions, Arnoldi: the expectation of the same depth-w.depth LiSSA estimate
         # (a different estimator, so no target; compared with lfxai's LiSSA scores like LiSSA itself).
+        arnoldi = expected_lissa(lissa, cap=w.n_train)
+
         def influence_arnoldi() -> Tensor:
-            explainer = InfluenceFunctions(objective, damping=PAPER["damping"], scale=PAPER["scale"], depth=w.depth,
-                                           batch_size=w.if_batch_size, seed=w.seed, chunk_size=256,
-                                           solver="arnoldi",
-                                           arnoldi_iterations=min(IF_CONFIG["arnoldi_iterations"], w.n_train),
-                                           arnoldi_rank=min(IF_CONFIG["arnoldi_rank"], w.n_train))
+            explainer = build_example_explainer("influence_functions", model, seed=w.seed, objective=objective,
+                                                **{**if_settings, "solver": arnoldi})
             return explainer.fit(train_x).attribute(test_x)
 
         arnoldi_t, arnoldi_scores = median_time(influence_arnoldi, w.repeats, w.fast_repeats)
@@ -304,10 +353,11 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
             arnoldi_row.agreement = f"Spearman with lfxai's LiSSA = {rho:.4f} (>= {IF_MIN_SPEARMAN})"
         report.rows.append(arnoldi_row)
 
-        # ---- SimplEx (lfxai's optimiser settings, see the module docstring)
+        # ---- SimplEx (the config's steps with lfxai's optimiser settings, see the module docstring)
+        simplex_settings = {**explainer_settings("simplex"), "lr": LFXAI_SIMPLEX_LR, "cosine_decay": False}
+
         def simplex() -> Tensor:
-            return SimplEx(model.encoder, steps=PAPER["simplex_steps"], lr=LFXAI_SIMPLEX_LR,
-                           cosine_decay=False).fit(train_x).attribute(test_x)
+            return build_example_explainer("simplex", model, **simplex_settings).fit(train_x).attribute(test_x)
 
         ours_t, ours = median_time(simplex, w.repeats, w.fast_repeats)
         row = Row("simplex", "SimplEx", ours_t)
@@ -326,8 +376,10 @@ def run_workload(w: Workload, with_lfxai: bool) -> Report:
         report.rows.append(row)
 
         # ---- DKNN
+        dknn_settings = explainer_settings("dknn")
+
         def dknn() -> Tensor:
-            return DKNN(model.encoder, eps=DKNN_EPS).fit(train_x).attribute(test_x)
+            return build_example_explainer("dknn", model, **dknn_settings).fit(train_x).attribute(test_x)
 
         ours_t, ours = median_time(dknn, w.repeats, w.fast_repeats)
         row = Row("dknn", "DKNN", ours_t)
@@ -445,17 +497,12 @@ def _paper_worker(job: dict[str, Any], queue: Any) -> None:
     test_x = torch.rand(job["n_test"], *shape, generator=generator)
     before = _peak_rss_gib()
     with tempfile.TemporaryDirectory() as tmp:
-        name, options = job["explainer"], dict(job.get("options", {}))
+        name = job["explainer"]
+        options = {**explainer_settings(name), **job.get("options", {})}
+        checkpoints = []
         if name == "tracin":
             checkpoints = make_checkpoints_for(model, train_x[:64], job["n_checkpoints"], Path(tmp), seed)
-            explainer: Any = TracIn(Objective(model), checkpoints, **options)
-        elif name == "influence_functions":
-            explainer = InfluenceFunctions(Objective(model), damping=PAPER["damping"], scale=PAPER["scale"], seed=seed,
-                                           **options)
-        elif name == "simplex":
-            explainer = SimplEx(model.encoder, **options)
-        else:
-            explainer = DKNN(model.encoder, **options)
+        explainer = build_example_explainer(name, model, checkpoints=checkpoints, seed=seed, **options)
         start = time.perf_counter()
         scores = explainer.fit(train_x).attribute(test_x)
         seconds = time.perf_counter() - start
@@ -497,19 +544,25 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000) -> tuple[str, dict[str, Any]]:
+def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int | None = None) -> tuple[str, dict[str, Any]]:
     """The paper's MNIST example check (1000 x 1000, TracIn over 10 checkpoints, depth-100 influence
     functions by Arnoldi), LiSSA at depth 100 on a slice of the test set (its time per test example and its
-    agreement with Arnoldi), and the peak memory of the loss-based explainers on every applicable model."""
-    base = {"threads": threads, "seed": seed, "n_train": size, "n_test": size, "n_checkpoints": 10}
-    lissa_options = {key: IF_CONFIG[key] for key in ("depth", "batch_size")}  # the paper's: 100 steps, batch 300
-    arnoldi = {**lissa_options, "solver": "arnoldi", "arnoldi_iterations": IF_CONFIG["arnoldi_iterations"],
-               "arnoldi_rank": IF_CONFIG["arnoldi_rank"]}
+    agreement with Arnoldi), and the peak memory of the loss-based explainers on every applicable model.
+    Every explainer has its config's settings (``configs/explainer/<name>.yaml``); the sizes are
+    ``paper_scale`` of ``configs/bench/default.yaml`` (``size`` replaces its ``size``)."""
+    scale_config = bench_config()["paper_scale"]
+    size = scale_config["size"] if size is None else size
+    lissa_slice, memory_vectors = scale_config["lissa_slice"], scale_config["lissa_memory_vectors"]
+    base = {"threads": threads, "seed": seed, "n_train": size, "n_test": size,
+            "n_checkpoints": scale_config["n_checkpoints"]}
+    lissa = paper_lissa()  # the paper's: 100 steps, batch 300
+    arnoldi = expected_lissa(lissa)
+    simplex_steps = explainer_settings("simplex")["steps"]
     jobs = {
-        "TracIn (10 checkpoints)": {**base, "model": "mnist_ae", "explainer": "tracin", "options": {"chunk_size": 256}},
-        "Influence functions (Arnoldi, depth-100 LiSSA expectation)": {
-            **base, "model": "mnist_ae", "explainer": "influence_functions", "options": arnoldi},
-        "SimplEx (1000 steps)": {**base, "model": "mnist_ae", "explainer": "simplex", "options": {"steps": PAPER["simplex_steps"]}},
+        f"TracIn ({base['n_checkpoints']} checkpoints)": {**base, "model": "mnist_ae", "explainer": "tracin"},
+        f"Influence functions (Arnoldi, depth-{lissa.depth} LiSSA expectation)": {
+            **base, "model": "mnist_ae", "explainer": "influence_functions", "options": {"solver": arnoldi}},
+        f"SimplEx ({simplex_steps} steps)": {**base, "model": "mnist_ae", "explainer": "simplex"},
         "DKNN": {**base, "model": "mnist_ae", "explainer": "dknn"},
     }
     rows = {name: run_job(job) for name, job in jobs.items()}
@@ -519,19 +572,19 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
     lines += [f"| **all four** | **{total:.1f}** | |", ""]
 
     # LiSSA at depth 100 on a slice of the test set, and its agreement with Arnoldi there.
-    n_slice = min(LISSA_SLICE, size)
-    lissa = run_job({**base, "n_test": n_slice, "model": "mnist_ae", "explainer": "influence_functions",
-                     "options": lissa_options, "return_scores": True})
+    n_slice = min(lissa_slice, size)
+    lissa_run = run_job({**base, "n_test": n_slice, "model": "mnist_ae", "explainer": "influence_functions",
+                         "options": {"solver": lissa}, "return_scores": True})
     arnoldi_slice = run_job({**base, "n_test": n_slice, "model": "mnist_ae", "explainer": "influence_functions",
-                             "options": arnoldi, "return_scores": True})
-    a, b = torch.from_numpy(lissa["scores"]), torch.from_numpy(arnoldi_slice["scores"])
+                             "options": {"solver": arnoldi}, "return_scores": True})
+    a, b = torch.from_numpy(lissa_run["scores"]), torch.from_numpy(arnoldi_slice["scores"])
     rho = _spearman(a, b)
     rows_rho = _rowwise_spearman(a, b)
     rel = float((a - b).norm() / b.norm())
-    projected = lissa["seconds"] / n_slice * base["n_test"]
+    projected = lissa_run["seconds"] / n_slice * base["n_test"]
     lines += [
-        f"LiSSA at the paper's depth ({lissa_options['depth']} steps, batch {lissa_options['batch_size']}) on the first {n_slice} test images x {size} training "
-        f"images: {lissa['seconds']:.1f} s, so about {projected / 60:.0f} minutes for the {size} test images "
+        f"LiSSA at the paper's depth ({lissa.depth} steps, batch {lissa.batch_size}) on the first {n_slice} test images x {size} training "
+        f"images: {lissa_run['seconds']:.1f} s, so about {projected / 60:.0f} minutes for the {size} test images "
         f"(projected linearly: LiSSA's cost is proportional to the number of test vectors). Arnoldi on the same "
         f"slice: {arnoldi_slice['seconds']:.1f} s. Agreement of Arnoldi with LiSSA: Spearman {rho:.4f} over all "
         f"pairs, {rows_rho:.4f} per test row on average; relative Frobenius difference {rel:.3f} (LiSSA's own "
@@ -543,8 +596,8 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
         lines += [
             "Peak memory of the loss-based explainers on every model of the paper whose loss is per-example, "
             f"{size} training x {size} test inputs, with the memory bounds each model's experiment configures "
-            f"(exact: they do not change the scores). The LiSSA row runs one step (batch {lissa_options['batch_size']}) "
-            f"on {LISSA_MEMORY_VECTORS} "
+            f"(exact: they do not change the scores). The LiSSA row runs one step (batch {lissa.batch_size}) "
+            f"on {memory_vectors} "
             "test vectors: its peak is the Hessian-vector product's, which does not grow with more steps or "
             "(beyond the test chunk) more test vectors.",
             "",
@@ -556,12 +609,14 @@ def run_paper_scale(threads: int, seed: int, with_memory: bool, size: int = 1000
             n_params = sum(p.numel() for p in model.encoder.parameters())
             tracin_options = memory_options(model_key, "tracin")
             if_options = memory_options(model_key, "influence_functions")
+            steps = scale_config["arnoldi_memory_iterations"]
             for name, options, extra, note in (
                 ("tracin", tracin_options, {}, "TracIn, 1 checkpoint"),
-                ("influence_functions", {**arnoldi, **if_options, "arnoldi_iterations": 3, "arnoldi_rank": 3}, {},
-                 "influence functions (Arnoldi, 3 steps)"),
-                ("influence_functions", {**lissa_options, "depth": 1, **if_options}, {"n_test": LISSA_MEMORY_VECTORS},
-                 f"influence functions (LiSSA, 1 step, {LISSA_MEMORY_VECTORS} test vectors)"),
+                ("influence_functions",
+                 {**if_options, "solver": dataclasses.replace(arnoldi, iterations=steps, rank=steps)}, {},
+                 f"influence functions (Arnoldi, {steps} steps)"),
+                ("influence_functions", {**if_options, "solver": dataclasses.replace(lissa, depth=1)},
+                 {"n_test": memory_vectors}, f"influence functions (LiSSA, 1 step, {memory_vectors} test vectors)"),
             ):
                 r = run_job({**base, "n_checkpoints": 1, "model": model_key, "explainer": name, "options": options,
                              **extra})
@@ -621,8 +676,9 @@ decay, see `SimplEx`) costs the same per step.
 ## The paper's MNIST example check, labelfree alone
 
 {paper}
-Influence functions at the paper's depth use `solver: arnoldi`
-(`configs/explainer/influence_functions.yaml`): the expectation of the depth-100 LiSSA estimate,
+Influence functions at the paper's depth use the `Arnoldi` solver (`solver._target_:
+labelfree.attribution.examples.Arnoldi` in `configs/explainer/influence_functions.yaml`): the expectation of the
+depth-100 LiSSA estimate,
 phi(H) v with phi(mu) = (1/scale) sum_j (1 - damping - mu/scale)^j, from 100 Arnoldi steps on the
 Hessian of the mean training loss and its 20 largest Ritz pairs. LiSSA itself stays the default.
 Read the agreement for what it is: with the paper's scale of 1000, the filter phi departs from its value
@@ -660,7 +716,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--lfxai-repeats", type=int, default=None)
     parser.add_argument("--if-batch-size", type=int, default=None)
-    parser.add_argument("--paper-size", type=int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument("--paper-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true", help="paper scale: skip the per-model peak-memory runs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--assemble", nargs=2, metavar=("WORKLOAD_MD", "PAPER_MD"),
@@ -681,8 +737,7 @@ def main() -> None:
         log.info("paper scale: %s", summary)
         return
 
-    w = Workload(n_train=8, n_test=8, n_checkpoints=2, depth=2, if_batch_size=4, mask_images=16,
-                 similarity_size=16, repeats=1, lfxai_repeats=1, fast_repeats=0) if args.tiny else Workload()
+    w = Workload.from_config(tiny=args.tiny)
     if args.repeats:
         w.repeats = args.repeats
     if args.lfxai_repeats:
@@ -694,8 +749,9 @@ def main() -> None:
         log.warning("lfxai is not installed (pip install -e '.[bench]'): timing labelfree only")
     report = run_workload(w, with_lfxai)
     table = render(report, w)
+    lissa = paper_lissa()
     header = (f"Workload: n_train = n_test = {w.n_train}, {w.n_checkpoints} TracIn checkpoints, LiSSA depth {w.depth} "
-              f"(batch {w.if_batch_size}, damping {PAPER['damping']:g}, scale {PAPER['scale']:g}), masks of "
+              f"(batch {w.if_batch_size}, damping {lissa.damping:g}, scale {lissa.scale:g}), masks of "
               f"{w.mask_images} images at {w.mask_percent:g} %, similarity rates of a {w.similarity_size} x "
               f"{w.similarity_size} matrix; median of {w.repeats} (labelfree) and {w.lfxai_repeats} (lfxai) runs"
               + (f"; pieces under {FAST_PIECE_S:g} s: one warm-up call, then the median of {w.fast_repeats} "

@@ -1,27 +1,37 @@
-"""Tests of the label-free example-importance explainers (labelfree/attribution/examples.py)."""
+"""Tests of the label-free example-importance explainers (labelfree/attribution/examples/)."""
 
 from __future__ import annotations
 
 import copy
+import inspect
+from pathlib import Path
 
+import hydra.utils
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from labelfree.attribution.examples import (
     DKNN,
     EXAMPLE_EXPLAINERS,
+    Arnoldi,
     Checkpoint,
     InfluenceFunctions,
+    LiSSA,
     Objective,
     RandomExampleImportance,
     SimplEx,
     TracIn,
+    build_example_explainer,
+    example_settings,
     requires_loss,
 )
 from labelfree.models import AutoEncoder, Identity, MNISTDecoder, MNISTEncoder, PretextModel
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------------------------
 # Small models
@@ -238,7 +248,7 @@ def test_explainers_leave_model_unchanged(images, checkpoints) -> None:  # noqa:
 
     TracIn(objective, checkpoints).fit(train_x).attribute(test_x)
     assert_unchanged(model, before)
-    InfluenceFunctions(objective, depth=2, batch_size=3).fit(train_x).attribute(test_x)
+    InfluenceFunctions(objective, LiSSA(depth=2, batch_size=3)).fit(train_x).attribute(test_x)
     assert_unchanged(model, before)
     SimplEx(model.encoder, steps=5).fit(train_x).attribute(test_x)
     assert_unchanged(model, before)
@@ -268,7 +278,7 @@ def test_influence_functions_converge_to_exact_damped_inverse(constant_hessian_s
     assert eigenvalues.min() > 0
     # contraction per step: 1 - damping - min(eigenvalue) / scale, about 0.8 here
     scale, damping = (eigenvalues.max() + eigenvalues.min()).item(), 1e-3
-    explainer = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=200, batch_size=4)
+    explainer = InfluenceFunctions(Objective(model), LiSSA(damping=damping, scale=scale, depth=200, batch_size=4))
     scores = explainer.fit(train_x).attribute(test_x)
 
     # LiSSA's fixed point: h = v + (1 - damping) h - H h / scale  <=>  h / scale = (H + damping scale I)^{-1} v
@@ -283,7 +293,7 @@ def test_influence_functions_converge_to_exact_damped_inverse(constant_hessian_s
 def test_influence_functions_finite_depth_is_truncated_neumann_series(constant_hessian_setup) -> None:  # noqa: ANN001
     model, train_x, test_x, hessian = constant_hessian_setup
     scale, damping, depth = 10.0 * torch.linalg.eigvalsh(hessian).max().item(), 0.05, 7
-    scores = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=2)
+    scores = InfluenceFunctions(Objective(model), LiSSA(damping=damping, scale=scale, depth=depth, batch_size=2))
     scores = scores.fit(train_x).attribute(test_x)
 
     identity = torch.eye(len(hessian), dtype=hessian.dtype)
@@ -299,12 +309,12 @@ def test_arnoldi_equals_expected_lissa_with_full_rank(constant_hessian_setup) ->
     scale, damping, depth = 10.0 * torch.linalg.eigvalsh(hessian).max().item(), 0.05, 7
     n_params = len(hessian)
 
-    def run(solver: str) -> Tensor:
-        explainer = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=2,
-                                       solver=solver, arnoldi_iterations=n_params, arnoldi_rank=n_params)
-        return explainer.fit(train_x).attribute(test_x)
+    def run(solver: LiSSA | Arnoldi) -> Tensor:
+        return InfluenceFunctions(Objective(model), solver).fit(train_x).attribute(test_x)
 
-    torch.testing.assert_close(run("arnoldi"), run("lissa"), rtol=1e-8, atol=1e-12)
+    lissa = run(LiSSA(damping=damping, scale=scale, depth=depth, batch_size=2))
+    arnoldi = run(Arnoldi(damping=damping, scale=scale, depth=depth, iterations=n_params, rank=n_params, batch_size=2))
+    torch.testing.assert_close(arnoldi, lissa, rtol=1e-8, atol=1e-12)
 
 
 def test_arnoldi_applies_the_lissa_polynomial_of_the_full_hessian() -> None:
@@ -315,8 +325,8 @@ def test_arnoldi_applies_the_lissa_polynomial_of_the_full_hessian() -> None:
     hessian = encoder_hessian(model, train_x)
     scale, damping, depth = 5.0 * torch.linalg.eigvalsh(hessian).abs().max().item(), 1e-2, 30
     n_params = len(hessian)
-    explainer = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=7,
-                                   solver="arnoldi", arnoldi_iterations=n_params, arnoldi_rank=n_params)
+    solver = Arnoldi(damping=damping, scale=scale, depth=depth, iterations=n_params, rank=n_params, batch_size=7)
+    explainer = InfluenceFunctions(Objective(model), solver)
     scores = explainer.fit(train_x).attribute(test_x)
     identity = torch.eye(n_params, dtype=hessian.dtype)
     step = (1 - damping) * identity - hessian / scale
@@ -324,8 +334,8 @@ def test_arnoldi_applies_the_lissa_polynomial_of_the_full_hessian() -> None:
     grads_train, grads_test = loop_grads(model, train_x), loop_grads(model, test_x)
     torch.testing.assert_close(scores, grads_test @ series @ grads_train.T, rtol=1e-7, atol=1e-12)
     # a low rank keeps the largest eigenvalues; the rest are treated as 0
-    low = InfluenceFunctions(Objective(model), damping=damping, scale=scale, depth=depth, batch_size=7,
-                             solver="arnoldi", arnoldi_iterations=n_params, arnoldi_rank=2).fit(train_x)
+    low_rank = Arnoldi(damping=damping, scale=scale, depth=depth, iterations=n_params, rank=2, batch_size=7)
+    low = InfluenceFunctions(Objective(model), low_rank).fit(train_x)
     assert low.ritz_values.shape == (2,)
     assert torch.isclose(low.ritz_values.abs().max(), torch.linalg.eigvalsh(hessian).abs().max(), rtol=1e-6)
 
@@ -336,7 +346,7 @@ def test_influence_functions_do_not_depend_on_test_chunking() -> None:
     train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(7, 5, dtype=torch.double)
 
     def run(test_chunk_size: int | None) -> Tensor:
-        explainer = InfluenceFunctions(Objective(model), scale=50.0, depth=10, batch_size=4, seed=1,
+        explainer = InfluenceFunctions(Objective(model), LiSSA(scale=50.0, depth=10, batch_size=4), seed=1,
                                        test_chunk_size=test_chunk_size)
         return explainer.fit(train_x).attribute(test_x)
 
@@ -475,18 +485,26 @@ def test_split_refuses_a_vae_whose_loss_bypasses_forward() -> None:
     assert not objective.hessian(x, columns=50).split
 
 
-@pytest.mark.parametrize("solver", ["lissa", "arnoldi"])
-def test_influence_functions_do_not_depend_on_split_hessian(solver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "solver",
+    [LiSSA(damping=0.01, scale=2.0, depth=6, batch_size=5),
+     Arnoldi(damping=0.01, scale=2.0, depth=6, iterations=6, rank=6, batch_size=5)],
+    ids=["lissa", "arnoldi"],
+)
+def test_influence_functions_do_not_depend_on_split_hessian(
+    solver: LiSSA | Arnoldi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labelfree.attribution.examples import hessian
+
     surrogate_calls = []
-    original = Objective._surrogate_grad
-    monkeypatch.setattr(Objective, "_surrogate_grad", lambda self, c: surrogate_calls.append(1) or original(self, c))
+    original = hessian._surrogate_grad
+    monkeypatch.setattr(hessian, "_surrogate_grad", lambda o, c: surrogate_calls.append(1) or original(o, c))
     torch.manual_seed(0)
     model = LinearAutoEncoder().double()
     train_x, test_x = torch.randn(9, 5, dtype=torch.double), torch.randn(4, 5, dtype=torch.double)
 
     def run(split_hessian: bool) -> torch.Tensor:
-        explainer = InfluenceFunctions(Objective(model), damping=0.01, scale=2.0, depth=6, batch_size=5, solver=solver,
-                                       arnoldi_iterations=6, arnoldi_rank=6, split_hessian=split_hessian)
+        explainer = InfluenceFunctions(Objective(model), solver, split_hessian=split_hessian)
         return explainer.fit(train_x).attribute(test_x)
 
     split = run(True)
@@ -510,7 +528,7 @@ def test_influence_functions_do_not_depend_on_hvp_chunk_size() -> None:
     train_x, test_x = torch.randn(9, 5, dtype=torch.double), torch.randn(4, 5, dtype=torch.double)
 
     def run(hvp_chunk_size: int | None) -> torch.Tensor:
-        explainer = InfluenceFunctions(Objective(model), damping=0.01, scale=50.0, depth=6, batch_size=5,
+        explainer = InfluenceFunctions(Objective(model), LiSSA(damping=0.01, scale=50.0, depth=6, batch_size=5),
                                        hvp_chunk_size=hvp_chunk_size)
         return explainer.fit(train_x).attribute(test_x)
 
@@ -518,8 +536,11 @@ def test_influence_functions_do_not_depend_on_hvp_chunk_size() -> None:
 
 
 def test_unknown_solver_is_rejected() -> None:
-    with pytest.raises(ValueError, match="solver must be one of"):
-        InfluenceFunctions(Objective(LinearAutoEncoder()), solver="cg")
+    objective = Objective(LinearAutoEncoder())
+    with pytest.raises(ValueError, match="solver must be a solver object"):
+        InfluenceFunctions(objective, solver="arnoldi")
+    with pytest.raises(ValueError, match="instantiate it first"):  # a config node that was not instantiated
+        InfluenceFunctions(objective, solver={"_target_": "labelfree.attribution.examples.LiSSA", "depth": 3})
 
 
 def test_influence_functions_seeded_sampling() -> None:
@@ -528,7 +549,8 @@ def test_influence_functions_seeded_sampling() -> None:
     train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(3, 5, dtype=torch.double)
 
     def run(seed: int, repeats: int = 1) -> Tensor:
-        explainer = InfluenceFunctions(Objective(model), scale=50.0, depth=20, batch_size=4, seed=seed, repeats=repeats)
+        solver = LiSSA(scale=50.0, depth=20, batch_size=4, repeats=repeats)
+        explainer = InfluenceFunctions(Objective(model), solver, seed=seed)
         return explainer.fit(train_x).attribute(test_x)
 
     first = run(3)
@@ -541,7 +563,7 @@ def test_influence_functions_divergence_is_reported() -> None:
     torch.manual_seed(0)
     model = ConstantHessianModel().double()
     train_x = torch.randn(5, 2, dtype=torch.double)
-    explainer = InfluenceFunctions(Objective(model), scale=1e-3, depth=2000, batch_size=2).fit(train_x)
+    explainer = InfluenceFunctions(Objective(model), LiSSA(scale=1e-3, depth=2000, batch_size=2)).fit(train_x)
     with pytest.raises(RuntimeError, match="diverged"):
         explainer.attribute(train_x)
 
@@ -569,7 +591,7 @@ def test_dknn_zero_distance_is_finite_with_many_points() -> None:
     scores = DKNN(nn.Identity()).fit(train).attribute(train[:40])
     assert torch.isfinite(scores).all()
     assert torch.equal(scores.argmax(1), torch.arange(40))
-    torch.testing.assert_close(scores[torch.arange(40), torch.arange(40)], torch.full((40,), 1e8))
+    torch.testing.assert_close(scores[torch.arange(40), torch.arange(40)], torch.full((40,), 1e12))  # 1 / eps
 
 
 def test_simplex_weights_are_convex_and_recover_training_points() -> None:
@@ -621,17 +643,26 @@ def test_attribute_before_fit_raises(checkpoints) -> None:  # noqa: ANN001
 @pytest.mark.parametrize(
     "build",
     [
-        lambda o: InfluenceFunctions(o, damping=-1e-3),
-        lambda o: InfluenceFunctions(o, scale=0.0),
-        lambda o: InfluenceFunctions(o, depth=0),
-        lambda o: InfluenceFunctions(o, batch_size=0),
-        lambda o: InfluenceFunctions(o, repeats=0),
+        lambda o: LiSSA(damping=-1e-3),
+        lambda o: LiSSA(scale=0.0),
+        lambda o: LiSSA(scale=float("inf")),
+        lambda o: LiSSA(depth=0),
+        lambda o: LiSSA(batch_size=0),
+        lambda o: LiSSA(repeats=0),
+        lambda o: Arnoldi(damping=-1e-3),
+        lambda o: Arnoldi(iterations=0),
+        lambda o: Arnoldi(iterations=3, rank=4),
+        lambda o: Arnoldi(batch_size=0),
         lambda o: InfluenceFunctions(o, vector_chunk_size=0),
+        lambda o: InfluenceFunctions(o, chunk_size=0),
+        lambda o: InfluenceFunctions(o, test_chunk_size=0),
+        lambda o: InfluenceFunctions(o, hvp_chunk_size=0),
         lambda o: TracIn(o, []),
         lambda o: TracIn(o, [Checkpoint("c.pt", 1.0)], chunk_size=0),
         lambda o: Checkpoint("c.pt", -1.0),
         lambda o: SimplEx(o.model.encoder, steps=0),
         lambda o: SimplEx(o.model.encoder, lr=-1.0),
+        lambda o: SimplEx(o.model.encoder, lr=None),
         lambda o: DKNN(o.model.encoder, eps=0.0),
         lambda o: o.per_example_grads(torch.zeros(2, 5), chunk_size=0),
         lambda o: o.hvp(torch.zeros(2, 5), torch.zeros(3, 1)),
@@ -648,3 +679,86 @@ def test_registry() -> None:
     assert not any(requires_loss(name) for name in ["simplex", "dknn", "random"])
     with pytest.raises(ValueError, match="accepted"):
         requires_loss("shapley")
+
+
+def test_build_example_explainer_wires_the_model(checkpoints) -> None:  # noqa: ANN001
+    model = mnist_autoencoder(0)
+    objective = Objective(model)
+    influence = build_example_explainer("influence_functions", model, seed=3, objective=objective,
+                                        solver=LiSSA(depth=2, batch_size=3), chunk_size=8)
+    assert isinstance(influence, InfluenceFunctions) and influence.objective is objective
+    assert influence.seed == 3 and influence.solver == LiSSA(depth=2, batch_size=3) and influence.chunk_size == 8
+    tracin = build_example_explainer("tracin", model, checkpoints=checkpoints, objective=objective)
+    assert isinstance(tracin, TracIn) and tracin.objective is objective and tracin.checkpoints == checkpoints
+    own = build_example_explainer("tracin", model, checkpoints=checkpoints)  # no objective given: one is built
+    assert own.objective.model is model and own.objective.wrt == "encoder"
+    simplex = build_example_explainer("simplex", model, objective=objective, steps=5)
+    assert isinstance(simplex, SimplEx) and simplex.encoder is model.encoder and simplex.steps == 5
+    assert build_example_explainer("dknn", model, eps=1e-3).encoder is model.encoder
+    random = build_example_explainer("random", model, seed=4)
+    assert isinstance(random, RandomExampleImportance) and random.seed == 4
+
+
+def test_build_example_explainer_refuses_clearly(checkpoints) -> None:  # noqa: ANN001
+    model = mnist_autoencoder(0)
+    with pytest.raises(ValueError, match=r"Unknown example explainer 'shapley'; accepted: \['dknn', "):
+        build_example_explainer("shapley", model)
+    with pytest.raises(ValueError, match=r"Unknown setting\(s\) \['depth'\] .*accepted: \['chunk_size', .*'solver'"):
+        build_example_explainer("influence_functions", model, depth=3)  # a solver setting: solver=LiSSA(depth=3)
+    with pytest.raises(ValueError, match="arguments of build_example_explainer"):
+        build_example_explainer("dknn", model, encoder=model.encoder)
+    with pytest.raises(ValueError, match="needs the checkpoints saved during training"):
+        build_example_explainer("tracin", model)
+    with pytest.raises(ValueError, match="another model"):
+        build_example_explainer("tracin", model, checkpoints=checkpoints, objective=Objective(mnist_autoencoder(1)))
+    with pytest.raises(ValueError, match="instantiate it first"):
+        build_example_explainer("influence_functions", model, solver={"_target_": "x.LiSSA"})
+
+
+# ----------------------------------------------------------------------------------------------
+# One home for every number: the configs' settings are the library defaults
+# ----------------------------------------------------------------------------------------------
+
+EXAMPLE_CONFIGS = sorted(
+    path for path in (ROOT / "configs" / "explainer").glob("*.yaml") if OmegaConf.load(path).kind == "example"
+)
+
+
+def _signature_defaults(cls: type) -> dict[str, object]:
+    return {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+
+
+def test_every_registered_explainer_has_a_config() -> None:
+    methods = {OmegaConf.load(path).method for path in EXAMPLE_CONFIGS}
+    assert methods == set(EXAMPLE_EXPLAINERS)
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda path: path.stem)
+def test_config_settings_are_the_library_defaults(path: Path) -> None:
+    """A setting named in configs/explainer/<name>.yaml (and in its solver node) has the value that the
+    class's signature gives it: the library default never silently contradicts the config."""
+    settings = OmegaConf.to_container(OmegaConf.load(path))
+    method = settings.pop("method")
+    assert settings.pop("kind") == "example"
+    defaults = example_settings(method)
+    assert set(settings) <= set(defaults), f"{path.name}: settings the library does not take"
+    for name, value in settings.items():
+        if isinstance(value, dict) and "_target_" in value:  # a nested object: the solver
+            cls = hydra.utils.get_class(value["_target_"])
+            own = _signature_defaults(cls)
+            for key, setting in value.items():
+                if key != "_target_":
+                    assert key in own and setting == own[key], f"{path.name}: {name}.{key}={setting!r}, library {own.get(key)!r}"
+            assert hydra.utils.instantiate(value) == defaults[name], f"{path.name}: {name} is not the library default"
+        else:
+            assert value == defaults[name], f"{path.name}: {name}={value!r}, library default {defaults[name]!r}"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda path: path.stem)
+def test_every_config_builds_its_explainer(path: Path, checkpoints) -> None:  # noqa: ANN001
+    """The shape the runner uses: instantiate the node (the solver becomes an object), then build."""
+    settings = dict(hydra.utils.instantiate(OmegaConf.load(path), _convert_="all"))
+    method = settings.pop("method")
+    settings.pop("kind")
+    explainer = build_example_explainer(method, mnist_autoencoder(0), checkpoints=checkpoints, seed=1, **settings)
+    assert isinstance(explainer, EXAMPLE_EXPLAINERS[method])

@@ -1,0 +1,69 @@
+"""Label-free example importance (PAPER.md section 1, "Label-free example importance").
+
+Every explainer follows one contract (:class:`ExampleImportance`, :mod:`.base`): ``fit(train_x)`` once, then
+``attribute(test_x) -> Tensor[n_test, n_train]`` where entry ``[t, i]`` is the importance of training
+example ``i`` for test example ``t`` (rows = test examples, higher = more important). Scores are
+always returned on the CPU; inputs may live on the CPU while the model lives on another device.
+
+* Loss-based methods (:class:`InfluenceFunctions` in :mod:`.influence` with its solvers :class:`LiSSA` and
+  :class:`Arnoldi`; :class:`TracIn` in :mod:`.tracin`) differentiate an explicit :class:`Objective`
+  (:mod:`.objective`): the model's per-example pretext loss restricted to the parameters of one
+  submodule (the encoder by default). Per-example gradients come from ``torch.func``
+  (``vmap(grad(functional_call))``) in eval mode; Hessian products from :mod:`.hessian`; scores are
+  matrix products of gradient matrices.
+* Representation-based methods (:class:`SimplEx`, :class:`DKNN`, :mod:`.representation`) only use
+  ``h = encoder(x)``.
+* :class:`RandomExampleImportance` (:mod:`.random`) is the random baseline.
+
+:mod:`.registry` maps method names to classes (:data:`EXAMPLE_EXPLAINERS`) and builds an explainer for a
+model from its settings (:func:`build_example_explainer`).
+
+No explainer leaves the model changed: weights, ``requires_grad`` flags and the train/eval mode of
+every submodule are the same afterwards.
+"""
+
+from __future__ import annotations
+
+from labelfree.attribution.examples.base import ExampleImportance, LossBasedImportance
+from labelfree.attribution.examples.hessian import HessianOperator
+from labelfree.attribution.examples.influence import (
+    Arnoldi,
+    InfluenceFunctions,
+    InverseHessianSolver,
+    LiSSA,
+    TrainingHessian,
+)
+from labelfree.attribution.examples.objective import LossFn, Objective, pretext_objective_loss
+from labelfree.attribution.examples.random import RandomExampleImportance
+from labelfree.attribution.examples.registry import (
+    EXAMPLE_EXPLAINERS,
+    build_example_explainer,
+    example_settings,
+    requires_loss,
+)
+from labelfree.attribution.examples.representation import DKNN, SimplEx
+from labelfree.attribution.examples.tracin import TracIn
+from labelfree.training import Checkpoint
+
+__all__ = [
+    "DKNN",
+    "EXAMPLE_EXPLAINERS",
+    "Arnoldi",
+    "Checkpoint",
+    "ExampleImportance",
+    "HessianOperator",
+    "InfluenceFunctions",
+    "InverseHessianSolver",
+    "LiSSA",
+    "LossBasedImportance",
+    "LossFn",
+    "Objective",
+    "RandomExampleImportance",
+    "SimplEx",
+    "TracIn",
+    "TrainingHessian",
+    "build_example_explainer",
+    "example_settings",
+    "pretext_objective_loss",
+    "requires_loss",
+]

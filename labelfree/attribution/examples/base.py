@@ -1,0 +1,77 @@
+"""The contract every example explainer follows, and the small checks they share.
+
+``fit(train_x)`` once, then ``attribute(test_x) -> Tensor[n_test, n_train]`` where entry ``[t, i]`` is the
+importance of training example ``i`` for test example ``t`` (rows = test examples, higher = more important).
+Scores are always returned on the CPU; inputs may live on the CPU while the model lives on another device.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from labelfree.attribution.examples.objective import Objective
+
+__all__ = ["ExampleImportance", "LossBasedImportance"]
+
+
+def check_positive_int(name: str, value: int) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1 (``bool`` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_optional_positive_int(name: str, value: int | None) -> None:
+    """Like :func:`check_positive_int`, ``None`` also accepted (no bound)."""
+    if value is not None:
+        check_positive_int(name, value)
+
+
+def check_finite(name: str, value: float, *, minimum: float, strict: bool) -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is a finite number ``> minimum`` (``strict``)
+    or ``>= minimum``."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+class ExampleImportance(ABC):
+    """``fit(train_x)`` then ``attribute(test_x) -> Tensor[n_test, n_train]`` (higher = more important)."""
+
+    _fitted: bool = False
+
+    @abstractmethod
+    def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> ExampleImportance:
+        """Prepare everything that depends on the training examples ``train_x`` ``[n_train, ...]``."""
+
+    @abstractmethod
+    def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
+        """Importance of every training example for every test example: float ``[n_test, n_train]`` on CPU."""
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise RuntimeError(f"{type(self).__name__}.attribute was called before fit; call fit(train_x) first")
+
+
+class LossBasedImportance(ExampleImportance):
+    """An explainer that differentiates an :class:`~labelfree.attribution.examples.objective.Objective`
+    (its first constructor argument); holds the label handling they share."""
+
+    objective: Objective
+
+    def _labels(self, y: Tensor | None, n: int, what: str) -> Tensor | None:
+        if not self.objective.model.uses_labels:
+            return None
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__}: the model's loss uses labels (model.uses_labels is True), "
+                f"so {what}_y is required"
+            )
+        if len(y) != n:
+            raise ValueError(f"{what}_x and {what}_y must have the same length, got {n} and {len(y)}")
+        return y
