@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from labelfree.io import load_torch, save_torch
 from labelfree.models.base import PretextModel
+from labelfree.modules import eval_mode, module_device
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +126,14 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
 
 
 def evaluate(model: PretextModel, x: Tensor, y: Tensor | None, batch_size: int, perturb: bool = False) -> float:
-    """Mean pretext loss of ``model`` over ``(x, y)`` in eval mode, without gradients."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    """Mean pretext loss of ``model`` over ``(x, y)`` in eval mode, without gradients (every
+    submodule's train/eval flag is restored afterwards)."""
+    device = module_device(model)
     total = 0.0
-    try:
-        with torch.no_grad():
-            for idx in _batches(len(x), batch_size, None):
-                yb = y[idx].to(device) if y is not None else None
-                total += float(model.pretext_loss(x[idx].to(device), yb, perturb=perturb).sum())
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for idx in _batches(len(x), batch_size, None):
+            yb = y[idx].to(device) if y is not None else None
+            total += float(model.pretext_loss(x[idx].to(device), yb, perturb=perturb).sum())
     return total / len(x)
 
 

@@ -424,14 +424,14 @@ def test_similarity_rate_curves_with_ties_at_the_cut_offs():
 
 
 def test_similarity_rate_curves_do_not_depend_on_the_comparison_block(monkeypatch):
-    import labelfree.metrics as metrics
+    import labelfree.metrics.similarity as similarity
 
     generator = torch.Generator().manual_seed(7)
     scores = torch.rand(50, 40, generator=generator)
     test_labels, train_labels = torch.randint(2, (50,), generator=generator), torch.randint(2, (40,), generator=generator)
-    expected = metrics.similarity_rate_curves(scores, test_labels, train_labels, [2, 5, 40])
-    monkeypatch.setattr(metrics, "_COMPARISONS_PER_BLOCK", 7)
-    got = metrics.similarity_rate_curves(scores, test_labels, train_labels, [2, 5, 40])
+    expected = similarity.similarity_rate_curves(scores, test_labels, train_labels, [2, 5, 40])
+    monkeypatch.setattr(similarity, "_COMPARISONS_PER_BLOCK", 7)
+    got = similarity.similarity_rate_curves(scores, test_labels, train_labels, [2, 5, 40])
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
 
 

@@ -1,8 +1,12 @@
-"""The one trainer: early stopping, best weights, checkpoints for TracIn, resume, determinism, NaN."""
+"""The one trainer: early stopping, best weights, checkpoints for TracIn, resume, determinism, NaN,
+and its defaults (one home: configs/trainer/default.yaml equals TrainConfig)."""
 
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from labelfree.io import load_torch
 from labelfree.models import AutoEncoder, GaussianNoise, Identity, MNISTDecoder, MNISTEncoder, RandomMask
@@ -81,3 +85,39 @@ def test_bad_trainer_settings():
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TrainConfig(epochs=0)
+
+
+#: TrainConfig fields that the trainer config group does not hold: set at run time from elsewhere
+#: (``device`` comes from the top-level ``device`` key of configs/run.yaml, see labelfree.runner.train_config).
+RUNTIME_ONLY_FIELDS = {"device"}
+TRAINER_DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "trainer" / "default.yaml"
+
+
+def test_trainer_config_defaults_equal_the_library_defaults():
+    """configs/trainer/default.yaml and TrainConfig's field defaults hold the same keys and values."""
+    config = OmegaConf.to_container(OmegaConf.load(TRAINER_DEFAULTS), resolve=True)
+    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name not in RUNTIME_ONLY_FIELDS}
+    assert RUNTIME_ONLY_FIELDS <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(config) == set(fields), (
+        f"only in {TRAINER_DEFAULTS.name}: {sorted(set(config) - set(fields))}; "
+        f"only in TrainConfig: {sorted(set(fields) - set(config))}"
+    )
+    differ = {
+        key: (config[key], fields[key])
+        for key in config
+        if config[key] != fields[key] or isinstance(config[key], bool) != isinstance(fields[key], bool)
+    }
+    assert not differ, f"(config value, TrainConfig default) differ: {differ}"
+    assert TrainConfig(**config) == TrainConfig()
+
+
+def test_evaluate_restores_every_submodule_mode():
+    train_x, val_x = small_data()
+    model = make_model()
+    model.train()
+    model.encoder.eval()  # mixed modes, e.g. a frozen part
+    modes = [m.training for m in model.modules()]
+    evaluate(model, val_x, None, 16)
+    assert [m.training for m in model.modules()] == modes
+    model.represent(val_x, batch_size=16)
+    assert [m.training for m in model.modules()] == modes

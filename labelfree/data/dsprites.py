@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from labelfree.data.errors import DATA_FIX_HINT, DataNotFoundError
+from labelfree.data.subsets import random_subset
 from labelfree.io import atomic_path
 
 __all__ = [
@@ -195,7 +196,7 @@ def load_dsprites(
     else:
         if isinstance(n_examples, bool) or int(n_examples) != n_examples or not 1 <= int(n_examples) <= n:
             raise ValueError(f"n_examples must be an integer in [1, {n}] (the images of {path.name}), got {n_examples!r}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[: int(n_examples)]
+        order = random_subset(n, int(n_examples), seed)
         index = np.sort(order.numpy())
     # fancy indexing copies, so the cached arrays stay untouched
     images = torch.from_numpy(imgs[index].astype(np.float32)).unsqueeze(1)

@@ -22,6 +22,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
+from labelfree.modules import eval_mode, module_device
+
 
 class PretextModel(nn.Module, ABC):
     """A model trained on a pretext task whose ``encoder`` is explained."""
@@ -45,14 +47,10 @@ class PretextModel(nn.Module, ABC):
         return False
 
     def represent(self, x: Tensor, batch_size: int = 1024) -> Tensor:
-        """Representations f(x) of a whole tensor in eval mode, without gradients, batch by batch."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                device = next(self.parameters()).device
-                return torch.cat(
-                    [self.encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-                )
-        finally:
-            self.train(was_training)
+        """Representations f(x) of a whole tensor in eval mode (every submodule's flag restored afterwards),
+        without gradients, batch by batch."""
+        device = module_device(self)
+        with eval_mode(self), torch.no_grad():
+            return torch.cat(
+                [self.encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+            )
