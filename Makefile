@@ -12,6 +12,9 @@ CIFAR_SEEDS ?= 42
 ROAR_SEEDS ?= 1
 CONSISTENCY := mnist_consistency:$(MNIST_SEEDS) ecg5000_consistency:$(ECG_SEEDS) cifar10_consistency:$(CIFAR_SEEDS)
 
+# every registered study's aggregation (experiments/studies), or one: $(AGGREGATE) --study NAME
+AGGREGATE = $(PYTHON) -m experiments.aggregate --runs $(RUNS) --results $(RESULTS) --scale $(SCALE)
+
 # $(call sweep,experiment,seeds,subfolder,extra overrides)
 sweep = $(PYTHON) run.py -m experiment=$(1) scale=$(SCALE) seed=$(2) skip_finished=true \
 	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4)
@@ -23,7 +26,7 @@ help:
 	@echo "make test                    the test suite (CPU, no network)"
 	@echo "make quick                   every experiment at quick scale on a CPU, then every figure, table and the report"
 	@echo "make paper                   every experiment at paper scale (a GPU is recommended; see README)"
-	@echo "make figures                 aggregate whatever runs exist under RUNS=$(RUNS) into RESULTS=$(RESULTS)"
+	@echo "make figures                 aggregate every study's runs under RUNS=$(RUNS) into RESULTS=$(RESULTS)"
 	@echo "make consistency-features    feature consistency on MNIST, ECG5000, CIFAR-10 (SCALE=$(SCALE))"
 	@echo "make consistency-examples    example consistency on MNIST, ECG5000, CIFAR-10 (SCALE=$(SCALE))"
 	@echo "make roar                    ROAR on MNIST (SCALE=$(SCALE))"
@@ -38,21 +41,21 @@ test:
 
 consistency-features:
 	$(foreach pair,$(CONSISTENCY),$(call sweep,$(word 1,$(subst :, ,$(pair))),$(word 2,$(subst :, ,$(pair))),features,protocol.examples.enabled=false) &&) true
-	$(PYTHON) scripts/figures.py --runs $(RUNS) --out $(RESULTS) --scale $(SCALE)
+	$(AGGREGATE) --study consistency
 
 consistency-examples:
 	$(foreach pair,$(CONSISTENCY),$(call sweep,$(word 1,$(subst :, ,$(pair))),$(word 2,$(subst :, ,$(pair))),examples,protocol.features.enabled=false) &&) true
-	$(PYTHON) scripts/figures.py --runs $(RUNS) --out $(RESULTS) --scale $(SCALE)
+	$(AGGREGATE) --study consistency
 
 roar:
 	$(call sweep,mnist_roar,$(ROAR_SEEDS),sweep)
-	$(PYTHON) scripts/figures.py --runs $(RUNS) --out $(RESULTS) --scale $(SCALE)
+	$(AGGREGATE) --study roar
 
 figures:
-	$(PYTHON) scripts/figures.py --runs $(RUNS) --out $(RESULTS) --scale $(SCALE)
+	$(AGGREGATE)
 
 report:
-	$(PYTHON) scripts/report.py --results $(RESULTS) --scale $(SCALE)
+	$(PYTHON) -m experiments.report --results $(RESULTS) --scale $(SCALE)
 
 # Every experiment, then every figure, table and the claim report. Restartable: finished runs are
 # skipped and trained models come from the cache.
@@ -76,7 +79,7 @@ PRETEXT_SEEDS ?= 1,2,3,4,5
 
 pretext:
 	$(call sweep,mnist_pretext,$(PRETEXT_SEEDS),sweep)
-	$(PYTHON) scripts/aggregate_pretext.py --runs $(RUNS)/mnist_pretext/$(SCALE)/sweep --scale $(SCALE) --out $(RESULTS)/mnist_pretext/$(SCALE)
+	$(AGGREGATE) --study pretext
 
 pretext-smoke:
 	$(MAKE) pretext SCALE=smoke RESULTS=$(RUNS)/results
@@ -102,8 +105,7 @@ disvae_sweep = $(PYTHON) run.py -m experiment=$(1) model=$(DISVAE_MODELS) model.
 
 disvae:
 	$(foreach experiment,$(DISVAE_EXPERIMENTS),$(call disvae_sweep,$(experiment)) &&) true
-	$(PYTHON) scripts/aggregate_disvae.py --runs $(foreach experiment,$(DISVAE_EXPERIMENTS),$(RUNS)/$(experiment)/$(SCALE)/sweep) \
-		--scale $(SCALE) --out $(RESULTS)/disvae/$(SCALE)
+	$(AGGREGATE) --study disvae
 
 disvae-smoke:
 	$(MAKE) disvae SCALE=smoke RESULTS=$(RUNS)/results

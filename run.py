@@ -6,7 +6,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from labelfree.runner import run
+from experiments.runner import run
 
 
 @hydra.main(config_path="configs", config_name="run", version_base="1.3")

@@ -1,6 +1,6 @@
 """Aggregate finished runs: find run directories, stack their tidy CSVs, write tables.
 
-A *run directory* is what :func:`labelfree.runner.run` writes: ``config.yaml``, one or more tidy CSVs
+A *run directory* is what :func:`experiments.runner.run` writes: ``config.yaml``, one or more tidy CSVs
 and, last of all, ``summary.json``. A directory without ``summary.json`` (a failed, killed or still
 running job) or whose CSV cannot be read is reported and skipped, never mixed in. Every output is
 rewritten whole (atomically) from the runs found, so aggregating twice gives the same files and stale
@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from labelfree.io import save_csv, save_text
+from labelfree.io import atomic_path, save_csv, save_text
+from labelfree.plots import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ def find_run_dirs(roots: Iterable[str | Path], table: str) -> list[Path]:
 
 
 def collect(
-    roots: Iterable[str | Path], table: str, experiment: str | None = None, scale: str | None = None
+    roots: Iterable[str | Path], table: str, experiment: str | None = None, scale: str | None = None,
+    study: str | None = None,
 ) -> Collected:
     """Stack ``<table>.csv`` of every complete run under ``roots``.
 
@@ -57,6 +60,7 @@ def collect(
         table: the CSV's stem, e.g. ``consistency_features``.
         experiment: keep only runs whose ``summary.json`` names this experiment (``None``: all).
         scale: keep only runs of this scale (``None``: all).
+        study: keep only runs of this study (``summary.json``'s ``study``; ``None``: all).
     """
     frames, result = [], Collected(pd.DataFrame())
     for run_dir in find_run_dirs(roots, table):
@@ -72,6 +76,8 @@ def collect(
         if experiment is not None and summary.get("experiment") != experiment:
             continue
         if scale is not None and summary.get("scale") != scale:
+            continue
+        if study is not None and summary.get("study") != study:
             continue
         if not csv.exists():  # a finished run of a check that did not write this table (e.g. features only)
             log.debug("%s has no %s", run_dir, csv.name)
@@ -149,3 +155,58 @@ def write_table(frame: pd.DataFrame, stem: str | Path, digits: int = 3) -> list[
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
     """``"0.61 +/- 0.04"``: a table cell of a mean and standard deviation across seeds."""
     return f"{mean:.{digits}f} +/- {std:.{digits}f}"
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    """Copy ``source`` onto ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return target
+
+
+def remove_stale(out: Path, prefix: str, written: Sequence[Path],
+                 suffixes: Sequence[str] = (".csv", ".md", ".tex", ".png", ".pdf", ".json")) -> list[Path]:
+    """Delete ``<prefix>*`` outputs in ``out`` that this aggregation did not write (an earlier one did)."""
+    keep = {p.resolve() for p in written}
+    stale = [p for p in out.glob(f"{prefix}*") if p.suffix in suffixes and p.resolve() not in keep]
+    for path in stale:
+        log.info("removing stale %s", path)
+        path.unlink()
+    return stale
+
+
+def level_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, metric), one column per level: ``mean +/- std`` across seeds."""
+    stats = mean_std(frame, ["method", "metric", "level"])
+    stats["cell"] = [format_mean_std(m, s, 3) for m, s in zip(stats["mean"], stats["std"])]
+    wide = stats.pivot(index=["method", "metric"], columns="level", values="cell")
+    wide.columns = [f"{level:g}" for level in wide.columns]
+    seeds = stats.groupby(["method", "metric"])["n"].max()
+    return wide.assign(seeds=seeds).reset_index()
+
+
+def aggregate_levels(
+    runs: Sequence[Path], results: Path, scale: str, study: str,
+    plots: dict[str, Callable[[pd.DataFrame, str], object]],
+) -> list[Path]:
+    """Stack the level-indexed tables (``plots``: table -> figure function) of every experiment of ``study``.
+
+    For each experiment found: ``<table>_runs.csv`` (every run's rows), ``<table>_table.{csv,md,tex}`` (mean
+    +/- std across seeds per level) and the figure, under ``<results>/<experiment>/<scale>/``.
+    """
+    written: list[Path] = []
+    for table, plot in plots.items():
+        found = collect(runs, table, scale=scale, study=study)
+        if found.frame.empty:
+            continue
+        for experiment, part in found.frame.groupby("experiment", sort=True):
+            folder = results / str(experiment) / scale
+            frame = part.drop(columns=["run_dir"])
+            seeds = sorted(int(s) for s in frame["seed"].unique())
+            written.append(save_csv(frame, folder / f"{table}_runs.csv"))
+            written += write_table(level_table(frame), folder / f"{table}_table")
+            title = f"{frame['dataset'].iloc[0]}: {table.replace('_', ' ')} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+            written += save_figure(plot(frame, title), folder / table)
+            log.info("%s/%s: %d runs (seeds %s), %d skipped", experiment, table, part["run_dir"].nunique(), seeds,
+                     len(found.skipped))
+    return written

@@ -38,20 +38,26 @@ def _spread(frame: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(["mean", "std", "count"]).fillna({"std": 0.0}).reset_index()
 
 
-def plot_representation_shift(results: pd.DataFrame, title: str = "") -> Figure:
-    """Representation shift against the % of masked features, one line per method (``metric == representation_shift``)."""
-    data = _spread(results[results["metric"] == "representation_shift"])
+def plot_level_curves(results: pd.DataFrame, metric: str, xlabel: str, ylabel: str, title: str = "") -> Figure:
+    """``metric`` against the level (mean across seeds, band: std across seeds), one line per method."""
+    data = _spread(results[results["metric"] == metric])
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     for method, part in data.groupby("method", sort=False):
         ax.plot(part["level"], part["mean"], marker="o", label=_label(str(method)))
         ax.fill_between(part["level"], part["mean"] - part["std"], part["mean"] + part["std"], alpha=0.2)
-    ax.set_xlabel("% of features masked")
-    ax.set_ylabel(r"representation shift $\|f(x) - f(\tilde x)\|^2$")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_representation_shift(results: pd.DataFrame, title: str = "") -> Figure:
+    """Representation shift against the % of masked features, one line per method (``metric == representation_shift``)."""
+    return plot_level_curves(results, "representation_shift", "% of features masked",
+                             r"representation shift $\|f(x) - f(\tilde x)\|^2$", title)
 
 
 def plot_similarity_rates(results: pd.DataFrame, title: str = "") -> Figure:
@@ -74,18 +80,7 @@ def plot_similarity_rates(results: pd.DataFrame, title: str = "") -> Figure:
 
 def plot_roar(results: pd.DataFrame, title: str = "") -> Figure:
     """ROAR: clean test loss after retraining without the top-k% pixels, one line per method."""
-    data = _spread(results[results["metric"] == "test_loss"])
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    for method, part in data.groupby("method", sort=False):
-        ax.plot(part["level"], part["mean"], marker="o", label=_label(str(method)))
-        ax.fill_between(part["level"], part["mean"] - part["std"], part["mean"] + part["std"], alpha=0.2)
-    ax.set_xlabel("% of training pixels removed")
-    ax.set_ylabel("test loss after retraining")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return plot_level_curves(results, "test_loss", "% of training pixels removed", "test loss after retraining", title)
 
 
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:

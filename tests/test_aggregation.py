@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from labelfree.aggregation import collect, format_mean_std, mean_std, to_latex, to_markdown, write_table
+from experiments.aggregation import collect, format_mean_std, mean_std, to_latex, to_markdown, write_table
 
 
 def _run(folder, seed, value, finished=True, table="t"):

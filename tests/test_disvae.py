@@ -15,7 +15,7 @@ from captum.attr import GradientShap, IntegratedGradients
 from scipy.stats import entropy as scipy_entropy
 from scipy.stats import spearmanr
 
-from experiments.disvae import METRICS, disvae_metrics, kl_per_unit, unit_saliency
+from labelfree.protocols.disvae import METRICS, disvae_metrics, kl_per_unit, unit_saliency
 from labelfree.attribution.features import LabelFreeAttribution
 from labelfree.metrics import (
     active_units,
@@ -26,7 +26,7 @@ from labelfree.metrics import (
     unit_shares,
 )
 from labelfree.models.vae import BurgessEncoder
-from labelfree.runner import run
+from experiments.runner import run
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -206,11 +206,7 @@ def test_a_model_that_is_not_a_vae_is_refused_before_training(compose_config, tm
 
 
 def test_aggregation_writes_tables_box_plots_and_trend(compose_config, tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from aggregate_disvae import aggregate
+    from experiments.studies.disvae import aggregate
 
     runs = tmp_path / "runs"
     for model in ("beta_vae", "tc_vae"):
@@ -221,8 +217,8 @@ def test_aggregation_writes_tables_box_plots_and_trend(compose_config, tmp_path)
                 run(cfg, runs / model / f"beta={beta}" / f"seed={seed}")
     (runs / "broken").mkdir()
     (runs / "broken" / "config.yaml").write_text("unfinished: true\n")
-    out = tmp_path / "out"
-    written = aggregate([runs], out, scale="smoke")
+    out = tmp_path / "out" / "disvae" / "smoke"
+    written = aggregate([runs], tmp_path / "out", "smoke")
     names = {p.name for p in written}
     assert {"disvae_mean_std.csv", "disvae_mean_std.md", "disvae_mean_std.tex", "disvae_runs.csv",
             "disvae_mnist_boxplots.png", "disvae_mnist_boxplots.pdf", "disvae_trend.csv"} <= names
@@ -236,6 +232,6 @@ def test_aggregation_writes_tables_box_plots_and_trend(compose_config, tmp_path)
     assert row["mean"] == pytest.approx(part["value"].mean()) and row["std"] == pytest.approx(part["value"].std())
     trend = pd.read_csv(out / "disvae_trend.csv")
     assert set(trend["loss"]) == {"beta_vae", "tc_vae"} and "falls" in trend.columns
-    again = aggregate([runs], out, scale="smoke")
+    again = aggregate([runs], tmp_path / "out", "smoke")
     assert sorted(p.name for p in again) == sorted(names)
     assert json.loads((out / "disvae_runs.json").read_text())["skipped"]

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments import report
+from experiments.studies import consistency, disvae, pretext
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("report")
+RULES = report.load_rules()
 
 
 def _features(shift_ig: float, shift_random: float) -> pd.DataFrame:
@@ -40,16 +28,20 @@ def _examples(most: float, least: float) -> pd.DataFrame:
     ])
 
 
+def _node(check: str) -> dict:
+    return {**RULES["consistency"][check], "datasets": RULES["consistency"]["datasets"]}
+
+
 def test_feature_claim_passes_and_fails():
-    assert report.feature_consistency(_features(2.0, 1.0), "mnist").holds is True
-    failed = report.feature_consistency(_features(1.0, 2.0), "cifar10")
+    assert consistency.feature_consistency(_features(2.0, 1.0), "mnist", _node("features")).holds is True
+    failed = consistency.feature_consistency(_features(1.0, 2.0), "cifar10", _node("features"))
     assert failed.holds is False and "0.5x random" in failed.measured
-    assert report.feature_consistency(None, "mnist").holds is None
+    assert consistency.feature_consistency(None, "mnist", _node("features")).holds is None
 
 
 def test_example_claim_passes_and_fails():
-    assert report.example_consistency(_examples(0.9, 0.1), "mnist").holds is True
-    assert report.example_consistency(_examples(0.1, 0.2), "ecg5000").holds is False
+    assert consistency.example_consistency(_examples(0.9, 0.1), "mnist", _node("examples")).holds is True
+    assert consistency.example_consistency(_examples(0.1, 0.2), "ecg5000", _node("examples")).holds is False
 
 
 def test_report_on_a_results_folder(tmp_path):
@@ -78,10 +70,10 @@ def _pretext(feature: float, example: float) -> pd.DataFrame:
 
 
 def test_pretext_claim_passes_and_fails():
-    assert report.pretext_claim(_pretext(0.5, 0.1)).holds is True
-    failed = report.pretext_claim(_pretext(0.2, 0.3))
+    assert pretext.pretext_claim(_pretext(0.5, 0.1), RULES["pretext"]).holds is True
+    failed = pretext.pretext_claim(_pretext(0.2, 0.3), RULES["pretext"])
     assert failed.holds is False and "0.20 vs 0.30" in failed.measured
-    assert report.pretext_claim(None).holds is None
+    assert pretext.pretext_claim(None, RULES["pretext"]).holds is None
 
 
 def _trend(falls: bool) -> pd.DataFrame:
@@ -94,6 +86,6 @@ def _trend(falls: bool) -> pd.DataFrame:
 
 
 def test_vae_claim_passes_and_fails():
-    assert report.vae_claim(_trend(False), "mnist").holds is True
-    assert report.vae_claim(_trend(True), "mnist").holds is False
-    assert report.vae_claim(_trend(False), "dsprites").holds is None
+    assert disvae.vae_claim(_trend(False), "mnist", RULES["disvae"]).holds is True
+    assert disvae.vae_claim(_trend(True), "mnist", RULES["disvae"]).holds is False
+    assert disvae.vae_claim(_trend(False), "dsprites", RULES["disvae"]).holds is None

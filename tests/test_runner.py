@@ -8,13 +8,27 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labelfree.runner import run
+from experiments.runner import run
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs" / "experiment").glob("*.yaml"))
+REFERENCES = Path(__file__).resolve().parent / "reference" / "smoke"
+
+
+@pytest.fixture
+def reference_threads():
+    """The thread count the reference tables were written with (float sums depend on it)."""
+    import torch
+
+    from reference.make_reference_tables import THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path):
+def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path, reference_threads):
     cfg = compose_config(f"experiment={experiment}", "scale=smoke")
     run_dir = tmp_path / "run"
     summary = run(cfg, run_dir)
@@ -28,6 +42,11 @@ def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path):
     for stem in {p.stem for p in run_dir.glob("*.csv")}:
         assert (run_dir / f"{stem}.png").exists() and (run_dir / f"{stem}.pdf").exists()
     assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
+    # the same tables as the code before the restructuring wrote (tests/reference/make_reference_tables.py)
+    references = sorted((REFERENCES / experiment).glob("*.csv"))
+    assert references and sorted(p.name for p in run_dir.glob("*.csv")) == [p.name for p in references]
+    for reference in references:
+        pd.testing.assert_frame_equal(pd.read_csv(run_dir / reference.name), pd.read_csv(reference))
 
 
 def test_consistency_smoke_tables(compose_config, tmp_path):

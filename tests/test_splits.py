@@ -60,7 +60,7 @@ def test_unknown_purpose_and_dataset(tiny_data_dir):
 
 
 def test_ecg5000_smoke_run_trains_one_model_per_check(compose_config, tmp_path):
-    from labelfree.runner import run
+    from experiments.runner import run
 
     summary = run(compose_config("experiment=ecg5000_consistency", "scale=smoke"), tmp_path / "run")
     assert set(summary["training"]) == {"features", "examples"}

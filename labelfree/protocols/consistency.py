@@ -1,14 +1,19 @@
-"""Protocol: consistency of label-free feature importance (PAPER.md section 2).
+"""Protocol: consistency of label-free feature and example importance (PAPER.md section 2).
 
-Mask the top p% features of each test input (ranked by |attribution| summed over channels) with a
-baseline and measure the representation shift ||f(x) - f(x_masked)||^2. A faithful explainer shifts
-the representation more than a random ranking.
+* Features: mask the top p% features of each test input (ranked by |attribution| summed over channels)
+  with a baseline and measure the representation shift ||f(x) - f(x_masked)||^2. A faithful explainer
+  shifts the representation more than a random ranking.
+* Examples: for each test example, the M most (and least) important training examples are compared by
+  label: a faithful explainer's most important examples share the test label more often than its least
+  important ones. Labels are used only here, never to compute importance.
+
+Both take objects and return tidy rows ``method, level, metric, value, std, n`` (std over test examples).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,35 +21,41 @@ import pandas as pd
 import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from labelfree.data.splits import baseline_like
-from labelfree.metrics import mask_features, percent_to_fraction, representation_shift, top_feature_mask
+from labelfree.attribution.batched import iter_attributions
+from labelfree.attribution.examples import ExampleImportance
+from labelfree.data.splits import Baseline, baseline_like
+from labelfree.metrics import (
+    mask_features,
+    percent_to_count,
+    percent_to_fraction,
+    representation_shift,
+    similarity_rate_curves,
+    top_feature_mask,
+)
+from labelfree.modules import module_device
 
 log = logging.getLogger(__name__)
 
-
-def _accepts_baselines(explainer: Attribution) -> bool:
-    method = getattr(explainer, "method", explainer)
-    return "baselines" in inspect.signature(method.attribute).parameters
+__all__ = ["consistency_examples", "consistency_features", "tidy_row"]
 
 
-def attribute_features(
-    explainer: Attribution, inputs: Tensor, baseline: float | Tensor, attribute_kwargs: Mapping[str, Any]
-) -> Tensor:
-    """Attributions ``[n, *input_shape]`` of one batch, handing the dataset's baseline to methods that take one."""
-    kwargs = dict(attribute_kwargs)
-    if _accepts_baselines(explainer) and "baselines" not in kwargs:
-        base = baseline_like(baseline, inputs)
-        # Gradient Shap samples its baselines from a distribution: one baseline per input is that distribution.
-        kwargs["baselines"] = base
-    return explainer.attribute(inputs, **kwargs).detach()
+def tidy_row(method: str, level: float, metric: str, values: Tensor) -> dict[str, Any]:
+    """One tidy row: the mean of ``values [n]`` with its std over examples and their count."""
+    return {
+        "method": method,
+        "level": float(level),
+        "metric": metric,
+        "value": float(values.mean()),
+        "std": float(values.std()) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def consistency_features(
     encoder: nn.Module,
     test_x: Tensor,
-    baseline: float | Tensor,
+    baseline: Baseline,
     explainers: Mapping[str, Attribution],
     attribute_kwargs: Mapping[str, Mapping[str, Any]],
     percents: Sequence[float],
@@ -59,31 +70,49 @@ def consistency_features(
     fractions = [percent_to_fraction(p) for p in percents]
     if not explainers:
         raise ValueError("consistency_features needs at least one feature explainer")
-    device = next(encoder.parameters()).device
+    device = module_device(encoder)
     encoder.eval()
     shifts: dict[tuple[str, float], list[Tensor]] = {}
-    batches = list(torch.arange(len(test_x)).split(batch_size))
     for name, explainer in explainers.items():
-        for idx in tqdm(batches, desc=f"features {name}", leave=False):
-            x = test_x[idx].to(device)
-            attributions = attribute_features(explainer, x, baseline, attribute_kwargs.get(name, {}))
+        batches = iter_attributions(explainer, test_x, baseline, attribute_kwargs.get(name, {}), batch_size, device,
+                                    desc=f"features {name}")
+        for x, attributions in batches:
             base = baseline_like(baseline, x)
             for p, fraction in zip(percents, fractions):
                 mask = top_feature_mask(attributions, fraction, channel_dim=channel_dim)
                 shift = representation_shift(encoder, x, mask_features(x, mask, base))
                 shifts.setdefault((name, float(p)), []).append(shift.cpu())
         log.info("features %s done", name)
-    rows = []
-    for (name, p), parts in shifts.items():
-        values = torch.cat(parts)
-        rows.append(
-            {
-                "method": name,
-                "level": p,
-                "metric": "representation_shift",
-                "value": float(values.mean()),
-                "std": float(values.std()) if len(values) > 1 else 0.0,
-                "n": len(values),
-            }
-        )
-    return pd.DataFrame(rows)
+    return pd.DataFrame([tidy_row(name, p, "representation_shift", torch.cat(parts))
+                         for (name, p), parts in shifts.items()])
+
+
+def consistency_examples(
+    explainers: Mapping[str, ExampleImportance],
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    percents: Sequence[float],
+    fit_labels: bool = False,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Similarity rates per (method, M); tidy rows plus the seconds each explainer took.
+
+    Returns columns ``method, level, metric, value, std, n`` (level = M in percent of the training
+    subset; metric = similarity_most or similarity_least). ``fit_labels`` hands the labels to the
+    explainers: only for a supervised model whose own loss needs them.
+    """
+    if not explainers:
+        raise ValueError("consistency_examples needs at least one example explainer")
+    counts = [percent_to_count(m, len(train_x)) for m in percents]
+    rows, seconds = [], {}
+    for name, explainer in explainers.items():
+        start = time.perf_counter()
+        explainer.fit(train_x, train_y if fit_labels else None)
+        scores = explainer.attribute(test_x, test_y if fit_labels else None)
+        seconds[name] = time.perf_counter() - start
+        log.info("examples %s: %.1f s", name, seconds[name])
+        curves_most, curves_least = similarity_rate_curves(scores, test_y, train_y, counts)
+        for m_percent, most, least in zip(percents, curves_most, curves_least):
+            rows += [tidy_row(name, m_percent, "similarity_most", most), tidy_row(name, m_percent, "similarity_least", least)]
+    return pd.DataFrame(rows), seconds

@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from captum.attr import Attribution
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from labelfree.data.splits import Baseline, DataSplits, baseline_like
+from labelfree.attribution.batched import iter_attributions
+from labelfree.data.splits import Baseline
 from labelfree.metrics import (
     active_units,
     pooled_unit_correlation,
@@ -50,10 +47,7 @@ from labelfree.metrics import (
     unit_entropy,
 )
 from labelfree.models.vae import gaussian_kl
-from labelfree.plots import plot_unit_saliency
-from labelfree.runner import Workbench, build_feature_explainers, identify, write_check
-from labelfree.tracking import CSVTracker
-from labelfree.training import seed_everything
+from labelfree.modules import module_device
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +78,10 @@ def unit_saliency(
                          "use a label-free Captum method such as gradient_shap")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = next(explainer.encoder.parameters()).device
-    for idx in tqdm(torch.arange(len(x)).split(batch_size), desc="unit saliency", leave=False):
-        xb = x[idx].to(device)
-        maps = explainer.attribute_units(xb, baselines=baseline_like(baseline, xb), **attribute_kwargs).detach().abs()
+    device = module_device(explainer.encoder)
+    for xb, maps in iter_attributions(explainer, x, baseline, attribute_kwargs, batch_size, device, units=True,
+                                      desc="unit saliency"):
+        maps = maps.abs()
         if channel_dim is not None:
             maps = maps.sum(dim=(channel_dim % xb.dim()) + 1)  # +1: the unit dim sits after the examples
         yield maps.cpu()
@@ -153,7 +147,7 @@ def disvae_metrics(maps: Iterable[Tensor], pooled_max_images: int | None = None)
 
 def kl_per_unit(encoder: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     """KL(q(z_j|x) || N(0, 1)) of every latent unit, averaged over ``x``: ``[d]`` (``encoder.posterior`` gives mu, logvar)."""
-    device = next(encoder.parameters()).device
+    device = module_device(encoder)
     totals = None
     with torch.no_grad():
         for idx in torch.arange(len(x)).split(batch_size):
@@ -166,79 +160,36 @@ def kl_per_unit(encoder: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return totals / len(x)
 
 
-# ------------------------------------------------------------------------------------------ runner
-def model_config(cfg: DictConfig, data: DataSplits) -> DictConfig:
-    """``cfg.model`` with ``dataset_size`` (N of the TC-VAE estimator) set to the training split's size when it is null."""
-    if "dataset_size" in cfg.model and cfg.model.dataset_size is None:
-        return OmegaConf.merge(cfg.model, {"dataset_size": len(data.train_x)})
-    return cfg.model
+def disvae_unit_maps(
+    explainer: Attribution,
+    encoder: nn.Module,
+    test_x: Tensor,
+    baseline: Baseline,
+    attribute_kwargs: Mapping[str, Any],
+    batch_size: int,
+    collapse_kl: float,
+    channel_dim: int | None = 1,
+    pooled_max_images: int | None = None,
+    n_show: int = 0,
+) -> tuple[pd.DataFrame, Tensor, Tensor]:
+    """The protocol for one VAE: unit saliency maps of ``test_x``, their metrics and the collapsed units.
 
-
-def run_disvae(cfg: DictConfig, bench: Workbench, run_dir: Path, tracker: CSVTracker) -> dict[str, Any]:
-    """Train or load the VAE of ``cfg.model``, explain each latent unit of its mean on test images, write the
-    metric table ``disvae.csv`` with the unit-map figure, and return summary entries."""
-    protocol = cfg.protocol
-    # Trained VAEs produce denormal floats that make CPU convolutions (their backward pass above all) about
-    # twice as slow. Flushing them to zero changes only values below 1.2e-38. Threads of the intra-op pool
-    # inherit the setting when it is made before the pool starts (a fresh process: the protocol runs first).
-    flush = bool(protocol.get("flush_denormal", False)) and torch.set_flush_denormal(True)
-    try:
-        return _run_disvae(cfg, bench, run_dir, tracker)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-
-
-def _run_disvae(cfg: DictConfig, bench: Workbench, run_dir: Path, tracker: CSVTracker) -> dict[str, Any]:
-    protocol, seed = cfg.protocol, int(cfg.seed)
-    start = time.perf_counter()
-    data = bench.data("features")
-    model_cfg = model_config(cfg, data)
-    if "beta" not in model_cfg:
-        raise ValueError(f"protocol disvae explains the latent units of a VAE (model=beta_vae or tc_vae), "
-                         f"got model {model_cfg.name!r}")
-    trained = bench.get("features", model_cfg)
-    encoder = trained.model.encoder
-    summary: dict[str, Any] = {"model_seconds": time.perf_counter() - start}
-
-    start = time.perf_counter()
-    seed_everything(seed)  # the same draws whether the model was trained now or loaded
-    test_x = data.test_x
-    if protocol.n_test is not None:
-        order = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(seed))
-        test_x = test_x[order[: int(protocol.n_test)]]
-    explainers, kwargs = build_feature_explainers(cfg, [str(protocol.explainer)], encoder)
-    explainer, attribute_kwargs = explainers[str(protocol.explainer)], kwargs[str(protocol.explainer)]
-    n_show = min(int(protocol.figures.n_images), len(test_x))
+    Returns the tidy rows ``metric, value, std, n`` of :func:`disvae_metrics` plus ``collapsed_units`` (units
+    whose mean KL on ``test_x`` is below ``collapse_kl``), the KL per unit ``[d]``, and the maps of the first
+    ``n_show`` images ``[n_show, d, *feature_shape]`` for a figure.
+    """
     shown: list[Tensor] = []
 
     def stream() -> Iterator[Tensor]:
-        for maps in unit_saliency(explainer, test_x, data.baseline, attribute_kwargs, int(protocol.batch_size),
-                                  data.channel_dim):
-            if sum(map(len, shown)) < n_show:
-                shown.append(maps[: n_show - sum(map(len, shown))])
+        for maps in unit_saliency(explainer, test_x, baseline, attribute_kwargs, batch_size, channel_dim):
+            kept = sum(map(len, shown))
+            if kept < n_show:
+                shown.append(maps[: n_show - kept])
             yield maps
 
-    pooled_max = protocol.get("pooled_max_images")
-    frame = disvae_metrics(stream(), None if pooled_max is None else int(pooled_max))
-    kl = kl_per_unit(encoder, test_x, int(protocol.batch_size))
-    collapsed = int((kl < float(protocol.collapse_kl)).sum())
+    frame = disvae_metrics(stream(), pooled_max_images)
+    kl = kl_per_unit(encoder, test_x, batch_size)
+    collapsed = int((kl < float(collapse_kl)).sum())
     frame = pd.concat([frame, pd.DataFrame([{"metric": "collapsed_units", "value": float(collapsed), "std": math.nan,
                                              "n": len(kl)}])], ignore_index=True)
-    loss, beta = str(model_cfg.get("pretext") or model_cfg.name), float(model_cfg.beta)
-    frame.insert(0, "method", str(protocol.explainer))
-    frame.insert(1, "loss", loss)
-    frame.insert(2, "beta", beta)
-    frame.insert(3, "latent_dim", int(model_cfg.latent_dim))
-    frame.insert(4, "level", beta)
-    frame = identify(cfg, data, frame)
-    title = f"{data.name}: {loss}, beta = {beta:g} (seed {seed}); |mu_j(x) * {protocol.explainer}| per latent unit"
-    images = test_x[:n_show]
-    figure = plot_unit_saliency(images, torch.cat(shown), title, unit_kl=kl.tolist())
-    write_check(TABLE, frame, figure, run_dir, tracker)
-    summary.update({f"{row.metric}": row.value for row in frame.itertuples(index=False)})
-    summary.update({"explain_seconds": time.perf_counter() - start, "n_test": len(test_x), "loss": loss, "beta": beta,
-                    "kl_per_unit": kl.tolist()})
-    log.info("%s beta=%g seed %d: pearson %.3f, spearman %.3f, cosine %.3f, entropy %.3f, active units %.2f", loss, beta,
-             seed, *(summary[m] for m in ("pearson", "spearman", "cosine", "entropy", "active_units")))
-    return summary
+    return frame, kl, torch.cat(shown) if shown else torch.zeros(0)

@@ -22,27 +22,19 @@ project's common tidy schema), ``value`` and ``n`` (the number of entries correl
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from captum.attr import Attribution
-from omegaconf import DictConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from experiments.consistency import _subset
-from experiments.consistency_features import attribute_features
+from labelfree.attribution.batched import attribute_all
 from labelfree.attribution.examples import ExampleImportance
 from labelfree.data.splits import Baseline
 from labelfree.metrics import pearson_matrix, spearman_matrix
-from labelfree.plots import plot_pretext_correlations, plot_pretext_saliency, plot_pretext_top_examples, save_figure
-from labelfree.runner import Trained, Workbench, build_example_explainers, build_feature_explainers, identify, write_check
-from labelfree.tracking import CSVTracker
-from labelfree.training import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +113,12 @@ def task_feature_importances(
     ``explainers``: task -> method -> explainer built on that task's encoder. Returns method -> task.
     """
     out: Explanations = {}
-    batches = torch.arange(len(x)).split(batch_size)
     for task, by_method in explainers.items():
         for method, explainer in by_method.items():
-            kwargs = attribute_kwargs.get(method, {})
-            out.setdefault(method, {})[task] = torch.cat([
-                attribute_features(explainer, x[idx].to(device), baseline, kwargs).abs().cpu()
-                for idx in tqdm(batches, desc=f"features {task} {method}", leave=False)
-            ])
+            out.setdefault(method, {})[task] = attribute_all(
+                explainer, x, baseline, attribute_kwargs.get(method, {}), batch_size, device, absolute=True,
+                desc=f"features {task} {method}",
+            )
         log.info("features of %s done (%d inputs)", task, len(x))
     return out
 
@@ -170,97 +160,3 @@ def top_examples(scores: Tensor, k: int) -> Tensor:
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"the number of top examples must be in [1, {scores.shape[1]}], got {k}")
     return scores.topk(k, dim=1).indices
-
-
-# ------------------------------------------------------------------------------------------ runner
-def _task_models(cfg: DictConfig) -> dict[str, DictConfig]:
-    """Task -> model config node (``protocol.models``), checking the tasks can be told apart in the cache."""
-    models = dict(cfg.protocol.models)
-    if len(models) < 2:
-        raise ValueError(f"protocol.models must name at least 2 pretext tasks, got {list(models)}")
-    tags = [m.get("pretext") or m.name for m in models.values()]
-    if len(set(tags)) != len(tags):
-        raise ValueError(
-            f"protocol.models must have distinct `pretext` tags (they name the cached models), got {dict(zip(models, tags))}"
-        )
-    for kind in KINDS:
-        if not cfg.protocol[kind].explainers:
-            raise ValueError(f"protocol.{kind}.explainers is empty; name at least one {kind[:-1]} explainer")
-    return models
-
-
-def _device(trained: Mapping[str, Trained]) -> torch.device:
-    return next(next(iter(trained.values())).model.parameters()).device
-
-
-def run_pretext(cfg: DictConfig, bench: Workbench, run_dir: Path, tracker: CSVTracker) -> dict[str, Any]:
-    """Train or load the model of every pretext task (``protocol.models``), explain them label-free, write the
-    correlation table ``pretext_correlations.csv`` with its heatmaps, and the saliency and top-example figures."""
-    protocol, seed = cfg.protocol, int(cfg.seed)
-    start = time.perf_counter()
-    models = _task_models(cfg)
-    by_features = {task: bench.get("features", m) for task, m in models.items()}
-    by_examples = {task: bench.get("examples", m) for task, m in models.items()}
-    summary: dict[str, Any] = {"tasks": list(models), "models_seconds": time.perf_counter() - start}
-
-    # feature importance on the test images
-    start = time.perf_counter()
-    seed_everything(seed)  # the same draws whether the models were trained now or loaded
-    data = next(iter(by_features.values())).data
-    test_x = data.test_x
-    if protocol.features.n_test is not None:
-        order = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(seed))
-        test_x = test_x[order[: int(protocol.features.n_test)]]
-    feature_names = list(protocol.features.explainers)
-    explainers, kwargs = {}, {}
-    for task, trained in by_features.items():  # (the keyword arguments are the same for every task)
-        explainers[task], kwargs = build_feature_explainers(cfg, feature_names, trained.model.encoder)
-    batch = int(protocol.features.batch_size)
-    saliency = task_feature_importances(explainers, kwargs, test_x, data.baseline, batch, _device(by_features))
-    summary["features_seconds"] = time.perf_counter() - start
-
-    # example importance of a balanced training subset for the (balanced subset of the) test images
-    start = time.perf_counter()
-    seed_everything(seed)
-    ex_data = next(iter(by_examples.values())).data
-    train_idx = _subset(ex_data.train_y, protocol.examples.train_per_class, seed)
-    test_idx = _subset(ex_data.test_y, protocol.examples.test_per_class, seed)
-    train_x, train_y = ex_data.train_x[train_idx], ex_data.train_y[train_idx]
-    ex_test_x, ex_test_y = ex_data.test_x[test_idx], ex_data.test_y[test_idx]
-    example_names = list(protocol.examples.explainers)
-    example_explainers = {
-        task: build_example_explainers(cfg, example_names, t.model, t.checkpoints) for task, t in by_examples.items()
-    }
-    scores = task_example_importances(
-        example_explainers, train_x, ex_test_x, train_y, ex_test_y,
-        uses_labels={task: t.model.uses_labels for task, t in by_examples.items()},
-    )
-    summary["examples_seconds"] = time.perf_counter() - start
-
-    frame = identify(cfg, data, pretext_correlations(saliency, scores))
-    # the models differ by task (task_a, task_b); `model` names their shared architecture
-    frame["model"] = "+".join(dict.fromkeys(str(m.get("architecture") or m.name) for m in models.values()))
-    title = f"{data.name}: explanations across pretext tasks (seed {seed})"
-    write_check(TABLE, frame, plot_pretext_correlations(frame, title), run_dir, tracker)
-    for row in off_diagonal_means(frame).itertuples(index=False):
-        summary[f"{row.kind}_{row.method}_{row.metric}_mean_off_diagonal"] = row.value
-
-    # figures: the same test images across tasks, their saliency and their top training examples
-    figures = protocol.figures
-    shown = showcase_indices(ex_test_y, int(figures.n_images))
-    images = ex_test_x[shown]
-    seed_everything(seed)
-    first_feature = feature_names[0]
-    shown_saliency = task_feature_importances(
-        {task: {first_feature: e[first_feature]} for task, e in explainers.items()}, kwargs, images,
-        ex_data.baseline, batch, _device(by_features),
-    )[first_feature]
-    first_example = example_names[0]
-    top = {task: train_x[top_examples(s[shown], int(figures.n_top))] for task, s in scores[first_example].items()}
-    for name, fig in (
-        ("pretext_saliency", plot_pretext_saliency(images, shown_saliency, f"{data.name}: |{first_feature}| by pretext task (seed {seed})")),
-        ("pretext_top_examples", plot_pretext_top_examples(images, top, f"{data.name}: top {first_example} examples by pretext task (seed {seed})")),
-    ):
-        tracker.log_figure(name, save_figure(fig, run_dir / name)[0])
-    summary.update({"n_test_features": len(test_x), "n_train_examples": len(train_x), "n_test_examples": len(ex_test_x)})
-    return summary

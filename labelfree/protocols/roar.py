@@ -12,25 +12,20 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from captum.attr import Attribution
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from experiments.consistency_features import attribute_features
+from labelfree.attribution.batched import attribute_all
 from labelfree.data.splits import Baseline, baseline_like
 from labelfree.metrics import mask_features, percent_to_fraction, top_feature_mask
 from labelfree.models.base import PretextModel
-from labelfree.models.registry import build_model
-from labelfree.plots import plot_roar
-from labelfree.runner import Workbench, build_feature_explainers, identify, train_config, write_check
-from labelfree.tracking import CSVTracker
-from labelfree.training import TrainConfig, seed_everything, train
+from labelfree.modules import module_device
+from labelfree.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +41,11 @@ def feature_importances(
     device: torch.device,
 ) -> dict[str, Tensor]:
     """Attributions ``[n, *input_shape]`` (on the CPU) of every input of ``x`` for each explainer."""
-    out: dict[str, Tensor] = {}
-    for name, explainer in explainers.items():
-        parts = [
-            attribute_features(explainer, x[idx].to(device), baseline, attribute_kwargs.get(name, {})).cpu()
-            for idx in tqdm(torch.arange(len(x)).split(batch_size), desc=f"ROAR importances {name}", leave=False)
-        ]
-        out[name] = torch.cat(parts)
-    return out
+    return {
+        name: attribute_all(explainer, x, baseline, attribute_kwargs.get(name, {}), batch_size, device,
+                            desc=f"ROAR importances {name}")
+        for name, explainer in explainers.items()
+    }
 
 
 def remove_top_features(
@@ -98,7 +90,7 @@ def roar(
             model.load_state_dict(copy.deepcopy(dict(init_state)))
             train(model, fit_x, check_x, config, seed=seed)
             with torch.no_grad():
-                device = next(model.parameters()).device
+                device = module_device(model)
                 losses = torch.cat([
                     model.pretext_loss(test_x[idx].to(device), None, perturb=False).cpu()
                     for idx in torch.arange(len(test_x)).split(config.eval_batch_size)
@@ -121,36 +113,3 @@ def roar(
             log.info("ROAR %s at %g%%: test loss %.5g (%.1f s)", method, p, mean, time.perf_counter() - start)
             rows.append({"method": method, "level": p, "metric": "test_loss", "value": mean, "std": std, "n": n})
     return pd.DataFrame(rows)
-
-
-def run_roar(cfg: DictConfig, bench: Workbench, run_dir: Path, tracker: CSVTracker) -> dict[str, Any]:
-    """ROAR on the experiment's model: importances of the training images by the configured feature
-    explainers, retraining from one set of initial weights per (method, k); writes ``roar.csv`` and its figure."""
-    protocol, seed = cfg.protocol, int(cfg.seed)
-    start = time.perf_counter()
-    trained = bench.get("features")
-    data, model = trained.data, trained.model
-    seed_everything(seed)
-    train_x, val_x = data.train_x, data.val_x
-    if protocol.n_train is not None:
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))
-        train_x = train_x[order[: int(protocol.n_train)]]
-    explainers, kwargs = build_feature_explainers(cfg, list(protocol.explainers), model.encoder)
-    device = next(model.parameters()).device
-    batch = int(protocol.batch_size)
-    train_imp = feature_importances(explainers, kwargs, train_x, data.baseline, batch, device)
-    val_imp = feature_importances(explainers, kwargs, val_x, data.baseline, batch, device)
-    importance_seconds = time.perf_counter() - start
-
-    retrain_cfg = OmegaConf.merge(cfg.trainer, protocol.retrain)
-    seed_everything(seed)
-    init_state = build_model(cfg.model).state_dict()  # one initialisation shared by every retraining
-    frame = roar(
-        lambda: build_model(cfg.model), init_state, train_x, val_x, data.test_x, train_imp, val_imp,
-        list(protocol.percents), train_config(cfg, retrain_cfg), seed, baseline=data.baseline,
-        channel_dim=data.channel_dim, include_unmasked=bool(protocol.include_unmasked),
-    )
-    frame = identify(cfg, data, frame)
-    write_check("roar", frame, plot_roar(frame, f"{data.name}: ROAR (seed {seed})"), run_dir, tracker)
-    return {"roar_importance_seconds": importance_seconds, "roar_seconds": time.perf_counter() - start,
-            "roar_n_train": len(train_x)}

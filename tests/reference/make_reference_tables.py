@@ -23,6 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 OUT = HERE / "smoke"
+#: intra-op threads of the reference runs: float sums, and so the tables, depend on the thread count
+THREADS = 2
 
 
 def main() -> None:
@@ -32,12 +34,15 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    import torch
     from hydra import compose, initialize_config_dir
+
+    torch.set_num_threads(THREADS)
 
     from cifar_fixture import write_cifar_npz
     from dsprites_fixture import write_dsprites_npz
     from ecg_fixture import write_ecg5000
-    from labelfree.runner import run
+    from experiments.runner import run
     from mnist_fixture import write_mnist_idx
 
     import pandas as pd

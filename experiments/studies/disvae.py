@@ -1,0 +1,226 @@
+"""Study: do the latent units of disentangled VAEs attend to distinct features? (PAPER.md sections 2-3,
+"VAEs"; ``protocol=disvae``, experiments ``mnist_disvae`` and ``dsprites_disvae``).
+
+Aggregated outputs under ``<results>/disvae/<scale>/`` (both data sets together):
+
+* ``disvae_runs.csv``: every run's rows; ``disvae_stats.csv``: mean, std (across seeds) and number of seeds per
+  (dataset, loss, beta, metric); ``disvae_runs.json``: the runs read and those skipped;
+* ``disvae_mean_std.{csv,md,tex}``: one row per (dataset, loss, beta), one ``mean +/- std`` column per metric;
+* ``disvae_trend.{csv,md,tex}``: per (dataset, loss, metric) the mean at each beta, the least-squares slope of
+  the runs' values against beta, and ``falls``: whether the mean decreases at every step of beta;
+* ``disvae_<dataset>_boxplots.{png,pdf}``: each metric against beta, one colour per loss;
+* ``disvae_units_<dataset>_<loss>_beta<b>_seed<s>.png``: the unit-map figure of the lowest seed of each model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.aggregation import collect, copy_file, format_mean_std, mean_std, remove_stale, write_table
+from experiments.claims import Claim, figure_link, read_table
+from experiments.explainers import build_feature_explainers
+from experiments.study import Study, StudyResult, identify
+from experiments.workbench import Workbench
+from labelfree.data.splits import DataSplits
+from labelfree.data.subsets import random_subset
+from labelfree.io import save_csv, save_json
+from labelfree.plots import plot_metric_boxes, plot_unit_saliency, save_figure
+from labelfree.protocols.disvae import METRICS, TABLE, disvae_unit_maps
+
+log = logging.getLogger(__name__)
+
+FOLDER = "disvae"  # results/<FOLDER>/<scale>: every VAE experiment aggregates into one folder
+PREFIX = "disvae_"
+KEYS = ["dataset", "loss", "beta", "metric"]
+DIGITS = 3  # decimals of the mean +/- std cells
+LABELS = {
+    "beta_vae": r"$\beta$-VAE",
+    "tc_vae": r"$\beta$-TCVAE",
+    "pearson": "Pearson (per image)",
+    "spearman": "Spearman (per image)",
+    "pearson_pooled": "Pearson (pooled)",
+    "spearman_pooled": "Spearman (pooled)",
+    "cosine": "cosine",
+    "entropy": "entropy (nats)",
+    "active_units": "active units per pixel",
+    "collapsed_units": "collapsed units",
+}
+
+
+def model_config(cfg: DictConfig, data: DataSplits) -> DictConfig:
+    """``cfg.model`` with ``dataset_size`` (N of the TC-VAE estimator) set to the training split's size when it is null."""
+    if "dataset_size" in cfg.model and cfg.model.dataset_size is None:
+        return OmegaConf.merge(cfg.model, {"dataset_size": len(data.train_x)})
+    return cfg.model
+
+
+def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
+    """Train or load the VAE of ``cfg.model`` and explain each latent unit of its mean on test images."""
+    # Trained VAEs produce denormal floats that make CPU convolutions (their backward pass above all) about
+    # twice as slow. Flushing them to zero changes only values below 1.2e-38. Threads of the intra-op pool
+    # inherit the setting when it is made before the pool starts (a fresh process: the protocol runs first).
+    flush = bool(cfg.protocol.get("flush_denormal", False)) and torch.set_flush_denormal(True)
+    try:
+        return _run(cfg, bench)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
+def _run(cfg: DictConfig, bench: Workbench) -> StudyResult:
+    protocol, seed = cfg.protocol, int(cfg.seed)
+    start = time.perf_counter()
+    data = bench.data("features")
+    model_cfg = model_config(cfg, data)
+    if "beta" not in model_cfg:
+        raise ValueError(f"protocol disvae explains the latent units of a VAE (model=beta_vae or tc_vae), "
+                         f"got model {model_cfg.name!r}")
+    trained = bench.get("features", model_cfg)
+    encoder = trained.model.encoder
+    summary: dict[str, Any] = {"model_seconds": time.perf_counter() - start}
+
+    start = time.perf_counter()
+    bench.reseed()
+    test_x = data.test_x[random_subset(len(data.test_x), protocol.n_test, seed)]
+    name = str(protocol.explainer)
+    explainers, kwargs = build_feature_explainers(cfg, [name], encoder)
+    pooled_max = protocol.get("pooled_max_images")
+    frame, kl, shown = disvae_unit_maps(
+        explainers[name], encoder, test_x, data.baseline, kwargs[name], int(protocol.batch_size),
+        float(protocol.collapse_kl), data.channel_dim, None if pooled_max is None else int(pooled_max),
+        n_show=min(int(protocol.figures.n_images), len(test_x)),
+    )
+    loss, beta = str(model_cfg.get("pretext") or model_cfg.name), float(model_cfg.beta)
+    frame.insert(0, "method", name)
+    frame.insert(1, "loss", loss)
+    frame.insert(2, "beta", beta)
+    frame.insert(3, "latent_dim", int(model_cfg.latent_dim))
+    frame.insert(4, "level", beta)
+    frame = identify(cfg, data, frame)
+    title = f"{data.name}: {loss}, beta = {beta:g} (seed {seed}); |mu_j(x) * {name}| per latent unit"
+    figure = plot_unit_saliency(test_x[: len(shown)], shown, title, unit_kl=kl.tolist())
+    summary.update({f"{row.metric}": row.value for row in frame.itertuples(index=False)})
+    summary.update({"explain_seconds": time.perf_counter() - start, "n_test": len(test_x), "loss": loss, "beta": beta,
+                    "kl_per_unit": kl.tolist()})
+    log.info("%s beta=%g seed %d: pearson %.3f, spearman %.3f, cosine %.3f, entropy %.3f, active units %.2f", loss, beta,
+             seed, *(summary[m] for m in ("pearson", "spearman", "cosine", "entropy", "active_units")))
+    return StudyResult(tables={TABLE: frame}, figures={TABLE: figure}, summary=summary)
+
+
+# -------------------------------------------------------------------------------------- aggregation
+def _metric_order(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["metric"])
+    return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+
+
+def mean_std_table(stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per (dataset, loss, beta); a ``mean +/- std`` column per metric; the number of seeds last."""
+    cells = stats.assign(cell=[format_mean_std(m, s, DIGITS) for m, s in zip(stats["mean"], stats["std"])])
+    wide = cells.pivot(index=["dataset", "loss", "beta"], columns="metric", values="cell")
+    wide = wide.reindex(columns=list(metrics))
+    wide["seeds"] = stats.groupby(["dataset", "loss", "beta"])["n"].max()
+    return wide.rename_axis(columns=None).reset_index()
+
+
+def trend_table(frame: pd.DataFrame, stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Per (dataset, loss, metric): the mean at each beta, the slope of the runs' values against beta (least
+    squares) and whether the mean falls at every step of beta (``falls``)."""
+    rows = []
+    for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=True):
+        for metric in metrics:
+            runs = part[(part["metric"] == metric) & part["value"].notna()]
+            means = stats[(stats["dataset"] == dataset) & (stats["loss"] == loss) & (stats["metric"] == metric)]
+            means = means.sort_values("beta")
+            if runs.empty or means.empty:
+                continue
+            betas, values = runs["beta"].to_numpy(float), runs["value"].to_numpy(float)
+            slope = float(np.polyfit(betas, values, 1)[0]) if len(set(betas)) > 1 else float("nan")
+            steps = np.diff(means["mean"].to_numpy(float))
+            row = {"dataset": dataset, "loss": loss, "metric": metric}
+            row.update({f"beta={b:g}": m for b, m in zip(means["beta"], means["mean"])})
+            row.update({"slope": slope, "falls": bool(len(steps) > 0 and (steps < 0).all())})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
+    """Every table and figure of the VAE study from the finished runs (both data sets in one folder)."""
+    found = collect(runs, TABLE, scale=scale, study="disvae")
+    frame = found.frame
+    if frame.empty:
+        return []
+    out = results / FOLDER / scale
+    metrics = _metric_order(frame)
+    stats = mean_std(frame, KEYS)
+    written = [save_csv(frame.drop(columns=["run_dir"]), out / f"{PREFIX}runs.csv"), save_csv(stats, out / f"{PREFIX}stats.csv")]
+    written += write_table(mean_std_table(stats, metrics), out / f"{PREFIX}mean_std")
+    trend = trend_table(frame, stats, metrics)
+    written += write_table(trend, out / f"{PREFIX}trend")
+    for dataset, part in frame.groupby("dataset", sort=True):
+        seeds = sorted(part["seed"].unique())
+        title = f"{dataset}: unit saliency maps against beta ({len(seeds)} seed{'s' * (len(seeds) > 1)} per model)"
+        written += save_figure(plot_metric_boxes(part, metrics, title, LABELS), out / f"{PREFIX}{dataset}_boxplots")
+    for (dataset, loss, beta), part in frame.groupby(["dataset", "loss", "beta"], sort=True):
+        seed = int(part["seed"].min())
+        source = Path(part.loc[part["seed"] == seed, "run_dir"].iloc[0]) / f"{TABLE}.png"
+        if source.exists():
+            written.append(copy_file(source, out / f"{PREFIX}units_{dataset}_{loss}_beta{beta:g}_seed{seed}.png"))
+    written.append(save_json({"runs": [str(r) for r in found.runs],
+                              "skipped": [{"run_dir": str(p), "reason": why} for p, why in found.skipped]},
+                             out / f"{PREFIX}runs.json"))
+    remove_stale(out, PREFIX, written)
+    log.info("disvae: %d runs, %d skipped", len(found.runs), len(found.skipped))
+    return written
+
+
+# ------------------------------------------------------------------------------------------- claims
+def vae_claim(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any]) -> Claim:
+    """The mean correlation between unit saliency maps does not fall as beta grows, for either loss.
+
+    ``frame``: ``disvae_trend.csv`` (dataset, loss, metric, beta=<b> columns, slope, falls).
+    """
+    metric = rules["metric"]
+    name = f"Disentangled VAEs, {rules['datasets'][dataset]}"
+    paper = "the correlation between latent units' saliency maps does not decrease as beta increases (beta-VAE, beta-TCVAE)"
+    if frame is None or frame.empty:
+        return Claim(name, paper, "-", None)
+    rows = frame[(frame["dataset"] == dataset) & (frame["metric"] == metric)]
+    if rows.empty:
+        return Claim(name, paper, f"{dataset} not measured", None)
+    betas = [c for c in rows.columns if c.startswith("beta=")]
+    parts = [
+        f"{r['loss']}: " + ", ".join(f"{c} {r[c]:.2f}" for c in betas) + f" (slope {r['slope']:+.4f})"
+        for _, r in rows.iterrows()
+    ]
+    holds = not bool(rows["falls"].astype(bool).any())
+    return Claim(name, paper, f"{metric}: " + "; ".join(parts), holds)
+
+
+def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
+    folder = results / FOLDER / scale
+    trend = read_table(folder / f"{PREFIX}trend.csv")
+    out = []
+    for dataset in rules["datasets"]:
+        claim = vae_claim(trend, dataset, rules)
+        claim.figure = figure_link(folder / f"{PREFIX}{dataset}_boxplots.png", results)
+        out.append(claim)
+    return out
+
+
+STUDY = Study(
+    name="disvae",
+    title="Disentangled VAEs: unit saliency maps against beta",
+    tables=(TABLE,),
+    run=run,
+    aggregate=aggregate,
+    claims=claims,
+)

@@ -1,0 +1,244 @@
+"""Study: pretext-task sensitivity on MNIST (PAPER.md section 3, "Pretext"; ``protocol=pretext``).
+
+Aggregated outputs under ``<results>/<experiment>/<scale>/``:
+
+* ``pretext_correlations_runs.csv``: every run's rows; ``pretext_correlations_mean_std.csv``: mean, std and
+  number of seeds per (kind, method, metric, task pair);
+* ``pretext_<kind>_<method>_<metric>.{csv,md,tex}``: the task x task matrix of ``mean +/- std`` across seeds;
+* ``pretext_pairs.{csv,md,tex}``: one row per pair of distinct tasks, the feature and the example
+  correlations side by side;
+* ``pretext_correlations.{png,pdf}``: the heatmaps; ``pretext_saliency`` and ``pretext_top_examples``
+  figures copied from the run of the lowest seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from experiments.aggregation import collect, copy_file, format_mean_std, mean_std, remove_stale, write_table
+from experiments.claims import Claim, figure_link, read_table
+from experiments.explainers import build_example_explainers, build_feature_explainers
+from experiments.studies.consistency import class_subset
+from experiments.study import Study, StudyResult, identify
+from experiments.workbench import Workbench
+from labelfree.data.subsets import random_subset
+from labelfree.io import save_csv
+from labelfree.modules import module_device
+from labelfree.plots import plot_pretext_correlations, plot_pretext_saliency, plot_pretext_top_examples, save_figure
+from labelfree.protocols.pretext import (
+    KINDS,
+    TABLE,
+    off_diagonal_means,
+    pretext_correlations,
+    showcase_indices,
+    task_example_importances,
+    task_feature_importances,
+    top_examples,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pretext_"
+RUN_FIGURES = ("pretext_saliency", "pretext_top_examples")
+KEYS = ["kind", "method", "metric", "task_a", "task_b"]
+DIGITS = 2  # decimals of the mean +/- std cells
+
+
+def task_models(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Task -> model config node (``protocol.models``), checking the tasks can be told apart in the cache."""
+    models = dict(cfg.protocol.models)
+    if len(models) < 2:
+        raise ValueError(f"protocol.models must name at least 2 pretext tasks, got {list(models)}")
+    tags = [m.get("pretext") or m.name for m in models.values()]
+    if len(set(tags)) != len(tags):
+        raise ValueError(
+            f"protocol.models must have distinct `pretext` tags (they name the cached models), got {dict(zip(models, tags))}"
+        )
+    for kind in KINDS:
+        if not cfg.protocol[kind].explainers:
+            raise ValueError(f"protocol.{kind}.explainers is empty; name at least one {kind[:-1]} explainer")
+    return models
+
+
+def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
+    """Train or load the model of every pretext task (``protocol.models``), explain them label-free, and
+    return the correlation table with its heatmaps, and the saliency and top-example figures."""
+    protocol, seed = cfg.protocol, int(cfg.seed)
+    start = time.perf_counter()
+    models = task_models(cfg)
+    by_features = {task: bench.get("features", m) for task, m in models.items()}
+    by_examples = {task: bench.get("examples", m) for task, m in models.items()}
+    summary: dict[str, Any] = {"tasks": list(models), "models_seconds": time.perf_counter() - start}
+    device = module_device(next(iter(by_features.values())).model)
+
+    # feature importance on the test images
+    start = time.perf_counter()
+    bench.reseed()
+    data = next(iter(by_features.values())).data
+    test_x = data.test_x[random_subset(len(data.test_x), protocol.features.n_test, seed)]
+    feature_names = list(protocol.features.explainers)
+    explainers, kwargs = {}, {}
+    for task, trained in by_features.items():  # (the keyword arguments are the same for every task)
+        explainers[task], kwargs = build_feature_explainers(cfg, feature_names, trained.model.encoder)
+    batch = int(protocol.features.batch_size)
+    saliency = task_feature_importances(explainers, kwargs, test_x, data.baseline, batch, device)
+    summary["features_seconds"] = time.perf_counter() - start
+
+    # example importance of a balanced training subset for the (balanced subset of the) test images
+    start = time.perf_counter()
+    bench.reseed()
+    ex_data = next(iter(by_examples.values())).data
+    train_idx = class_subset(ex_data.train_y, protocol.examples.train_per_class, seed)
+    test_idx = class_subset(ex_data.test_y, protocol.examples.test_per_class, seed)
+    train_x, train_y = ex_data.train_x[train_idx], ex_data.train_y[train_idx]
+    ex_test_x, ex_test_y = ex_data.test_x[test_idx], ex_data.test_y[test_idx]
+    example_names = list(protocol.examples.explainers)
+    example_explainers = {
+        task: build_example_explainers(cfg, example_names, t.model, t.checkpoints) for task, t in by_examples.items()
+    }
+    scores = task_example_importances(
+        example_explainers, train_x, ex_test_x, train_y, ex_test_y,
+        uses_labels={task: t.model.uses_labels for task, t in by_examples.items()},
+    )
+    summary["examples_seconds"] = time.perf_counter() - start
+
+    frame = identify(cfg, data, pretext_correlations(saliency, scores))
+    # the models differ by task (task_a, task_b); `model` names their shared architecture
+    frame["model"] = "+".join(dict.fromkeys(str(m.get("architecture") or m.name) for m in models.values()))
+    result = StudyResult(tables={TABLE: frame}, summary=summary)
+    result.figures[TABLE] = plot_pretext_correlations(frame, f"{data.name}: explanations across pretext tasks (seed {seed})")
+    for row in off_diagonal_means(frame).itertuples(index=False):
+        summary[f"{row.kind}_{row.method}_{row.metric}_mean_off_diagonal"] = row.value
+
+    # figures: the same test images across tasks, their saliency and their top training examples
+    shown = showcase_indices(ex_test_y, int(protocol.figures.n_images))
+    images = ex_test_x[shown]
+    bench.reseed()
+    first_feature, first_example = feature_names[0], example_names[0]
+    shown_saliency = task_feature_importances(
+        {task: {first_feature: e[first_feature]} for task, e in explainers.items()}, kwargs, images,
+        ex_data.baseline, batch, device,
+    )[first_feature]
+    top = {task: train_x[top_examples(s[shown], int(protocol.figures.n_top))] for task, s in scores[first_example].items()}
+    result.figures["pretext_saliency"] = plot_pretext_saliency(
+        images, shown_saliency, f"{data.name}: |{first_feature}| by pretext task (seed {seed})")
+    result.figures["pretext_top_examples"] = plot_pretext_top_examples(
+        images, top, f"{data.name}: top {first_example} examples by pretext task (seed {seed})")
+    summary.update({"n_test_features": len(test_x), "n_train_examples": len(train_x), "n_test_examples": len(ex_test_x)})
+    return result
+
+
+# -------------------------------------------------------------------------------------- aggregation
+def _tasks(frame: pd.DataFrame) -> list[str]:
+    """The tasks in the order the runs list them (the protocol's order)."""
+    return list(dict.fromkeys(frame["task_a"]))
+
+
+def matrix_tables(stats: pd.DataFrame, tasks: Sequence[str]) -> dict[tuple[str, str, str], pd.DataFrame]:
+    """(kind, method, metric) -> a task x task table of ``mean +/- std`` cells (first column: ``task``)."""
+    tables = {}
+    for (kind, method, metric), part in stats.groupby(["kind", "method", "metric"], sort=False):
+        cells = part.assign(cell=[format_mean_std(m, s, DIGITS) for m, s in zip(part["mean"], part["std"])])
+        wide = cells.pivot(index="task_a", columns="task_b", values="cell").reindex(index=tasks, columns=list(tasks))
+        tables[(str(kind), str(method), str(metric))] = wide.rename_axis(index="task", columns=None).reset_index()
+    return tables
+
+
+def distinct_pairs(stats: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """The rows of unordered pairs of distinct tasks (task_a before task_b), in the tasks' order."""
+    rank = {task: i for i, task in enumerate(tasks)}
+    a, b = stats["task_a"].map(rank), stats["task_b"].map(rank)
+    return stats.assign(_a=a, _b=b)[a < b].sort_values(["_a", "_b"], kind="stable").drop(columns=["_a", "_b"])
+
+
+def pairs_table(stats: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """One row per unordered pair of distinct tasks; one ``mean +/- std`` column per (kind, method, metric),
+    feature columns first, then the number of seeds."""
+    pairs = distinct_pairs(stats, tasks)
+    pairs = pairs.assign(
+        pair=[f"{a} / {b}" for a, b in zip(pairs["task_a"], pairs["task_b"])],
+        column=[f"{k} {m} {c}" for k, m, c in zip(pairs["kind"], pairs["method"], pairs["metric"])],
+        cell=[format_mean_std(m, s, DIGITS) for m, s in zip(pairs["mean"], pairs["std"])],
+    )
+    order = list(dict.fromkeys(pairs.sort_values(["metric", "kind"], ascending=[True, False], kind="stable")["column"]))
+    wide = pairs.pivot(index="pair", columns="column", values="cell")
+    wide = wide.reindex(index=list(dict.fromkeys(pairs["pair"])), columns=order)
+    wide["seeds"] = pairs.groupby("pair")["n"].max()
+    return wide.rename_axis(columns=None).reset_index()
+
+
+def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
+    """Every table and figure of the pretext study, per pretext experiment, from the finished runs."""
+    found = collect(runs, TABLE, scale=scale, study="pretext")
+    written: list[Path] = []
+    if found.frame.empty:
+        return written
+    for experiment, part in found.frame.groupby("experiment", sort=True):
+        out = results / str(experiment) / scale
+        frame = part.drop(columns=["run_dir"])
+        tasks, seeds = _tasks(frame), sorted(int(s) for s in frame["seed"].unique())
+        stats = mean_std(frame, KEYS)
+        files = [save_csv(frame, out / f"{TABLE}_runs.csv"), save_csv(stats, out / f"{TABLE}_mean_std.csv")]
+        for (kind, method, metric), table in matrix_tables(stats, tasks).items():
+            files += write_table(table, out / f"{PREFIX}{kind}_{method}_{metric}")
+        files += write_table(pairs_table(stats, tasks), out / f"{PREFIX}pairs")
+        title = f"{frame['dataset'].iloc[0]}: explanations across pretext tasks ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+        files += save_figure(plot_pretext_correlations(frame, title), out / TABLE)
+        first = Path(part.loc[part["seed"] == seeds[0], "run_dir"].iloc[0])
+        for name in RUN_FIGURES:
+            for suffix in (".png", ".pdf"):
+                source = first / f"{name}{suffix}"
+                if source.exists():
+                    files.append(copy_file(source, out / f"{name}_seed{seeds[0]}{suffix}"))
+        remove_stale(out, PREFIX, files)
+        log.info("%s: %d runs (seeds %s), %d skipped", experiment, part["run_dir"].nunique(), seeds, len(found.skipped))
+        written += files
+    return written
+
+
+# ------------------------------------------------------------------------------------------- claims
+def pretext_claim(frame: pd.DataFrame | None, rules: Mapping[str, Any]) -> Claim:
+    """For every pair of pretext tasks, saliency maps correlate more than example importances.
+
+    ``frame``: ``pretext_correlations_mean_std.csv`` (kind, method, metric, task_a, task_b, mean, std, n).
+    """
+    feature_method, example_method, metric = rules["feature_method"], rules["example_method"], rules["metric"]
+    name = "Pretext sensitivity, MNIST"
+    paper = ("across pretext tasks saliency maps correlate moderately, example importances weakly: "
+             f"feature {metric} > example {metric} for every pair of tasks")
+    if frame is None or frame.empty:
+        return Claim(name, paper, "-", None)
+    rows = frame[(frame["metric"] == metric) & (frame["task_a"] < frame["task_b"])]
+    features = rows[(rows["kind"] == "features") & (rows["method"] == feature_method)]
+    examples = rows[(rows["kind"] == "examples") & (rows["method"] == example_method)]
+    pairs = features.merge(examples, on=["task_a", "task_b"], suffixes=("_f", "_e"))
+    if pairs.empty:
+        return Claim(name, paper, f"no {feature_method}/{example_method} {metric} pairs", None)
+    holds = bool((pairs["mean_f"] > pairs["mean_e"]).all())
+    parts = [f"{r.task_a[:3]}/{r.task_b[:3]} {r.mean_f:.2f} vs {r.mean_e:.2f}" for r in pairs.itertuples()]
+    return Claim(name, paper, f"{feature_method} vs {example_method} {metric}: " + "; ".join(parts), holds)
+
+
+def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
+    folder = results / str(rules["experiment"]) / scale
+    claim = pretext_claim(read_table(folder / f"{TABLE}_mean_std.csv"), rules)
+    claim.figure = figure_link(folder / f"{TABLE}.png", results)
+    return [claim]
+
+
+STUDY = Study(
+    name="pretext",
+    title="Pretext-task sensitivity",
+    tables=(TABLE,),
+    figures=RUN_FIGURES,
+    run=run,
+    aggregate=aggregate,
+    claims=claims,
+)
