@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,6 +14,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from labelfree.io import atomic_path  # noqa: E402
 
+if TYPE_CHECKING:
+    import numpy as np
+
 LABELS = {
     "integrated_gradients": "Integrated Gradients",
     "gradient_shap": "Gradient Shap",
@@ -21,6 +25,7 @@ LABELS = {
     "occlusion": "Occlusion",
     "random_features": "Random",
     "influence_functions": "Influence Functions",
+    "influence_functions_arnoldi": "Influence Functions (Arnoldi)",
     "tracin": "TracIn",
     "simplex": "SimplEx",
     "dknn": "DKNN",
@@ -108,6 +113,17 @@ def _image(array: object) -> object:
     return data[0] if data.shape[0] == 1 else np.moveaxis(data, 0, -1)
 
 
+def _finish_image_grid(fig: Figure, axes: np.ndarray, title: str, title_size: str) -> Figure:
+    """A grid of images finished: no ticks on any panel (``axes``: the array of ``plt.subplots``), the title
+    (font size ``title_size``) above, a tight layout; returns ``fig``."""
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=title_size)
+    fig.tight_layout()
+    return fig
+
+
 def plot_pretext_correlations(
     results: pd.DataFrame, title: str = "", metrics: tuple[str, ...] = ("pearson", "spearman")
 ) -> Figure:
@@ -163,12 +179,7 @@ def plot_pretext_saliency(images: object, saliency: dict[str, object], title: st
             axes[i, j].imshow(np.asarray(saliency[task])[j].sum(axis=0), cmap="hot")
     for i, label in enumerate(["input", *map(_task_label, tasks)]):
         axes[i, 0].set_ylabel(label, fontsize="small")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize="medium")
-    fig.tight_layout()
-    return fig
+    return _finish_image_grid(fig, axes, title, "medium")
 
 
 def plot_pretext_top_examples(images: object, top: dict[str, object], title: str = "") -> Figure:
@@ -194,12 +205,7 @@ def plot_pretext_top_examples(images: object, top: dict[str, object], title: str
     axes[0, 0].set_title("test", fontsize="small")
     for j in range(k):
         axes[0, 1 + j].set_title(f"#{j + 1}", fontsize="small")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize="medium")
-    fig.tight_layout()
-    return fig
+    return _finish_image_grid(fig, axes, title, "medium")
 
 
 # ------------------------------------------------------------------------------ disentangled VAEs
@@ -215,8 +221,7 @@ def plot_unit_saliency(images: object, maps: object, title: str = "", unit_kl: l
     m, d = maps.shape[:2]
     fig, axes = plt.subplots(m, 1 + d, figsize=(1.5 * (1 + d) + 0.4, 1.5 * m + 0.6), squeeze=False)
     for i in range(m):
-        image = images[i][0] if images.shape[1] == 1 else np.moveaxis(images[i], 0, -1)  # [C, H, W] -> drawable
-        axes[i, 0].imshow(image, cmap="gray")
+        axes[i, 0].imshow(_image(images[i]), cmap="gray")
         top = float(maps[i].max()) or 1.0
         for j in range(d):
             axes[i, 1 + j].imshow(maps[i, j], cmap="hot", vmin=0.0, vmax=top)
@@ -224,12 +229,7 @@ def plot_unit_saliency(images: object, maps: object, title: str = "", unit_kl: l
     for j in range(d):
         label = f"unit {j}" + (f"\nKL {unit_kl[j]:.2f}" if unit_kl is not None else "")
         axes[0, 1 + j].set_title(label, fontsize="small")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize="small")
-    fig.tight_layout()
-    return fig
+    return _finish_image_grid(fig, axes, title, "small")
 
 
 def plot_metric_boxes(results: pd.DataFrame, metrics: list[str], title: str = "", labels: dict[str, str] | None = None,

@@ -20,6 +20,7 @@ batches, to bound memory.
 
 from __future__ import annotations
 
+from labelfree.metrics import correlation, masks, percentages, shift, similarity, units
 from labelfree.metrics.correlation import mean_off_diagonal, pearson_matrix, spearman_matrix
 from labelfree.metrics.masks import mask_features, top_feature_mask
 from labelfree.metrics.percentages import percent_to_count, percent_to_fraction
@@ -35,24 +36,15 @@ from labelfree.metrics.units import (
     unit_shares,
 )
 
+#: :data:`HIGHER_IS_BETTER` and what each family module exports.
 __all__ = [
     "HIGHER_IS_BETTER",
-    "percent_to_fraction",
-    "percent_to_count",
-    "top_feature_mask",
-    "mask_features",
-    "representation_shift",
-    "similarity_rates",
-    "similarity_rate_curves",
-    "pearson_matrix",
-    "spearman_matrix",
-    "mean_off_diagonal",
-    "unit_correlation",
-    "pooled_unit_correlation",
-    "unit_cosine",
-    "unit_shares",
-    "unit_entropy",
-    "active_units",
+    *percentages.__all__,
+    *masks.__all__,
+    *shift.__all__,
+    *similarity.__all__,
+    *correlation.__all__,
+    *units.__all__,
 ]
 
 #: Whether a higher value of each metric is better. ``None``: descriptive, no preferred direction

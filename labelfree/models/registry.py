@@ -26,6 +26,11 @@ def _perturbation(config: Mapping[str, Any]) -> nn.Module:
     return make_perturbation(str(config.get("pretext", "reconstruction")), **dict(config.get("perturbation") or {}))
 
 
+def _required(config: Mapping[str, Any], **casts: Callable[[Any], Any]) -> dict[str, Any]:
+    """``{key: cast(config[key])}`` for every ``key=cast``: the required settings of a builder, converted."""
+    return {key: cast(config[key]) for key, cast in casts.items()}
+
+
 def _architecture(config: Mapping[str, Any]) -> tuple[type[nn.Module], type[nn.Module]]:
     architecture = config.get("architecture")
     if architecture not in ARCHITECTURES:
@@ -44,22 +49,14 @@ def build_autoencoder(config: Mapping[str, Any]) -> PretextModel:
 
 def build_lstm_autoencoder(config: Mapping[str, Any]) -> PretextModel:
     """The ECG5000 LSTM autoencoder (keys: sequence_length, n_channels, hidden_size, latent_dim)."""
-    return LSTMAutoEncoder(
-        sequence_length=int(config["sequence_length"]),
-        n_channels=int(config["n_channels"]),
-        hidden_size=int(config["hidden_size"]),
-        latent_dim=int(config["latent_dim"]),
-        perturbation=_perturbation(config),
-    )
+    sizes = _required(config, sequence_length=int, n_channels=int, hidden_size=int, latent_dim=int)
+    return LSTMAutoEncoder(**sizes, perturbation=_perturbation(config))
 
 
 def build_simclr(config: Mapping[str, Any]) -> PretextModel:
     """SimCLR on a CIFAR ResNet-18 (keys: width, hidden_dim, projection_dim, temperature, augmentation)."""
     return make_simclr(
-        width=int(config["width"]),
-        hidden_dim=int(config["hidden_dim"]),
-        projection_dim=int(config["projection_dim"]),
-        temperature=float(config["temperature"]),
+        **_required(config, width=int, hidden_dim=int, projection_dim=int, temperature=float),
         head_batchnorm=bool(config.get("head_batchnorm", False)),
         augmentation=dict(config.get("augmentation") or {}),
     )

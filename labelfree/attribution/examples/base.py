@@ -31,6 +31,12 @@ def check_optional_positive_int(name: str, value: int | None) -> None:
         check_positive_int(name, value)
 
 
+def check_positive_int_fields(settings: object, *names: str) -> None:
+    """:func:`check_positive_int` on each attribute ``names`` of ``settings``, named ``"<class> <attribute>"``."""
+    for name in names:
+        check_positive_int(f"{type(settings).__name__} {name}", getattr(settings, name))
+
+
 def check_finite(name: str, value: float, *, minimum: float, strict: bool) -> None:
     """Raise a ``ValueError`` naming ``name`` unless ``value`` is a finite number ``> minimum`` (``strict``)
     or ``>= minimum``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HessianOperator", "build_hessian"]
+__all__ = ["HessianOperator", "HessianOptions", "build_hessian"]
 
 #: Largest relative difference allowed by the checks of a split (:func:`build_hessian`): the loss's gradient
 #: against the surrogate's, and the head's product with a random probe against its block-diagonal part. Float32
@@ -37,6 +37,15 @@ _SPLIT_CHECK_RTOL = 1e-3
 #: 2-core CPU for the ECG LSTM autoencoder (d = 64, 50 examples, 4 vectors per vmap): 112 columns (1.75 d); at
 #: 128 the split is 1.13x faster, at 256 1.3x; for the MNIST autoencoder (d = 4) 200 columns give 2x.
 _SPLIT_COLUMNS_PER_OUTPUT = 2
+
+
+class HessianOptions(TypedDict, total=False):
+    """The keyword options of :func:`build_hessian` that :meth:`Objective.hvp` passes on (see there)."""
+
+    weights: Tensor | None
+    example_chunk_size: int | None
+    vector_chunk_size: int | None
+    split: bool | None
 
 
 class _LossModule(nn.Module):
@@ -109,8 +118,27 @@ def build_hessian(
     split: bool | None = None,
     columns: int | None = None,
 ) -> HessianOperator:
-    """The Hessian H of ``objective``'s mean loss of the batch ``x`` (or of ``sum_b weights_b * loss_b``) as an
-    operator; the implementation of :meth:`Objective.hessian` (see there for the arguments).
+    """The Hessian H of the mean loss of the batch ``x`` (or of ``sum_b weights_b * loss_b``) as an operator.
+
+    Also :meth:`Objective.hessian` (``objective.hessian(x, ...)``: this function is that method).
+    ``operator.matmul(V)`` returns ``H V`` (``[P, k]`` for ``V`` of shape ``[P, k]``) by reverse-over-reverse
+    differentiation with ``torch.func``, ``vmap``-ed over ``vector_chunk_size`` columns at a time.
+
+    Args:
+        objective: what is differentiated.
+        x: a batch of inputs ``[b, ...]`` (moved to the model's device).
+        y: labels ``[b]`` for the loss, or ``None``.
+        weights: ``[b]`` weights of the examples' losses; ``None``: the mean.
+        example_chunk_size: examples per differentiated graph (``None``: the whole batch). The Hessian of
+            a weighted sum of per-example losses is the weighted sum of their Hessians, so the batch is
+            split exactly; memory then scales with ``example_chunk_size * vector_chunk_size`` instead of
+            ``b * vector_chunk_size`` (what keeps an LSTM under 4 GiB).
+        vector_chunk_size: columns per ``vmap`` call (bounds memory), ``None`` for all.
+        split: split at the submodule's output: ``None`` (auto: when it is possible and ``columns >= 2 d``,
+            d the submodule's output entries per example), ``True`` (insists; a clear error says why it
+            cannot) or ``False`` (never); see below.
+        columns: how many columns the operator will multiply in all (what auto compares ``d`` with);
+            ``None``: unknown, auto does not split.
 
     Splitting at the submodule's output (exact). When the loss depends on theta only through
     ``z_b = f_theta(u_b)``, the output of the differentiated submodule (``wrt``, called once per

@@ -25,6 +25,7 @@ from labelfree.attribution.examples.base import (
     check_finite,
     check_optional_positive_int,
     check_positive_int,
+    check_positive_int_fields,
 )
 from labelfree.attribution.examples.hessian import HessianOperator
 from labelfree.attribution.examples.objective import Objective
@@ -126,7 +127,7 @@ class InverseHessianSolver(ABC):
         name = type(self).__name__
         check_finite(f"{name} damping", self.damping, minimum=0.0, strict=False)
         check_finite(f"{name} scale", self.scale, minimum=0.0, strict=True)
-        check_positive_int("depth", self.depth)
+        check_positive_int_fields(self, "depth")
 
     def lissa_polynomial(self, eigenvalues: Tensor) -> Tensor:
         """``phi(mu) = (1 / scale) sum_{j=0}^{depth} a^j``, ``a = 1 - damping - mu / scale`` (float64): the
@@ -167,8 +168,7 @@ class LiSSA(InverseHessianSolver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_int("repeats", self.repeats)
+        check_positive_int_fields(self, "batch_size", "repeats")
 
     def fit(self, hessian: TrainingHessian, seed: int) -> InverseHessianEstimate:
         return _LiSSAEstimate(self, hessian, seed)
@@ -229,9 +229,7 @@ class Arnoldi(InverseHessianSolver):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("Arnoldi iterations", self.iterations)
-        check_positive_int("Arnoldi rank", self.rank)
-        check_positive_int("batch_size", self.batch_size)
+        check_positive_int_fields(self, "iterations", "rank", "batch_size")
         if self.rank > self.iterations:
             raise ValueError(
                 f"Arnoldi rank ({self.rank}) cannot exceed iterations ({self.iterations}): "

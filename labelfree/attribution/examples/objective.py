@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from labelfree.attribution.examples.base import check_positive_int
-from labelfree.attribution.examples.hessian import HessianOperator, _LossModule, build_hessian
+from labelfree.attribution.examples.hessian import HessianOptions, _LossModule, build_hessian
 from labelfree.models.base import PretextModel
 from labelfree.modules import eval_mode, module_device
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["LossFn", "Objective", "pretext_objective_loss"]
 
@@ -128,63 +132,18 @@ class Objective:
                     offset += size
         return out
 
-    def hvp(
-        self,
-        x: Tensor,
-        vectors: Tensor,
-        y: Tensor | None = None,
-        vector_chunk_size: int | None = None,
-        weights: Tensor | None = None,
-        example_chunk_size: int | None = None,
-        split: bool | None = None,
-    ) -> Tensor:
+    def hvp(self, x: Tensor, vectors: Tensor, y: Tensor | None = None, **options: Unpack[HessianOptions]) -> Tensor:
         """Hessian-matrix product ``H V``, shape ``[P, k]``, H the Hessian of the *mean* loss of ``x``.
 
-        One-off form of :meth:`hessian` (``hessian(x, ...).matmul(vectors)``); see there for the arguments.
-        ``split=None`` splits at the submodule's output when that is possible and cheaper for ``k`` columns.
+        One-off form of :meth:`hessian` (``hessian(x, y, columns=k, **options).matmul(vectors)``); ``options``
+        (``weights``, ``example_chunk_size``, ``vector_chunk_size``, ``split``) as there. ``split=None`` splits
+        at the submodule's output when that is possible and cheaper for ``k`` columns.
         """
         if vectors.ndim != 2 or vectors.shape[0] != self.n_params:
             raise ValueError(f"vectors must have shape [P={self.n_params}, k], got {tuple(vectors.shape)}")
-        operator = self.hessian(x, y, weights=weights, example_chunk_size=example_chunk_size,
-                                vector_chunk_size=vector_chunk_size, split=split, columns=vectors.shape[1])
-        return operator.matmul(vectors)
+        return self.hessian(x, y, columns=vectors.shape[1], **options).matmul(vectors)
 
-    def hessian(
-        self,
-        x: Tensor,
-        y: Tensor | None = None,
-        weights: Tensor | None = None,
-        example_chunk_size: int | None = None,
-        vector_chunk_size: int | None = None,
-        split: bool | None = None,
-        columns: int | None = None,
-    ) -> HessianOperator:
-        """The Hessian H of the mean loss of the batch ``x`` (or of ``sum_b weights_b * loss_b``) as an operator.
-
-        ``operator.matmul(V)`` returns ``H V`` (``[P, k]`` for ``V`` of shape ``[P, k]``) by reverse-over-reverse
-        differentiation with ``torch.func``, ``vmap``-ed over ``vector_chunk_size`` columns at a time.
-
-        Splitting at the submodule's output (exact): when the loss depends on theta only through the output
-        ``z_b`` of the differentiated submodule, ``H = sum_b w_b (J_b^T D_b J_b + sum_k e_bk grad^2 z_bk)`` with
-        the head's (e.g. the decoder's) gradient ``e_b`` and Hessian ``D_b`` in ``z``; these are computed once
-        when the operator is built, and every column then skips the head. See
-        :func:`~labelfree.attribution.examples.hessian.build_hessian` for the surrogate and the checks that
-        keep the split exact.
-
-        Args:
-            x: a batch of inputs ``[b, ...]`` (moved to the model's device).
-            y: labels ``[b]`` for the loss, or ``None``.
-            weights: ``[b]`` weights of the examples' losses; ``None``: the mean.
-            example_chunk_size: examples per differentiated graph (``None``: the whole batch). The Hessian of
-                a weighted sum of per-example losses is the weighted sum of their Hessians, so the batch is
-                split exactly; memory then scales with ``example_chunk_size * vector_chunk_size`` instead of
-                ``b * vector_chunk_size`` (what keeps an LSTM under 4 GiB).
-            vector_chunk_size: columns per ``vmap`` call (bounds memory), ``None`` for all.
-            split: split at the submodule's output: ``None`` (auto: when it is possible and ``columns >= 2 d``,
-                d the submodule's output entries per example), ``True`` (insists; a clear error says why it
-                cannot) or ``False`` (never).
-            columns: how many columns the operator will multiply in all (what auto compares ``d`` with);
-                ``None``: unknown, auto does not split.
-        """
-        return build_hessian(self, x, y, weights=weights, example_chunk_size=example_chunk_size,
-                             vector_chunk_size=vector_chunk_size, split=split, columns=columns)
+    #: ``hessian(x, y=None, ...) -> HessianOperator``: the Hessian of the mean loss of the batch ``x`` as an
+    #: operator (``matmul(V) = H V``); :func:`~labelfree.attribution.examples.hessian.build_hessian` is this
+    #: method (the arguments, the exact split at the submodule's output).
+    hessian = build_hessian

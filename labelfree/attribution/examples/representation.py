@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,34 @@ def _represent(encoder: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     return torch.cat(reps)
 
 
-class SimplEx(ExampleImportance):
+_Explainer = TypeVar("_Explainer", bound="_RepresentationImportance")
+
+
+class _RepresentationImportance(ExampleImportance):
+    """An explainer that only reads representations ``encoder(x)`` (computed ``batch_size`` examples at a time):
+    ``fit`` keeps the training ones, ``attribute`` compares the test ones with them."""
+
+    def __init__(self, encoder: nn.Module, batch_size: int) -> None:
+        check_positive_int("batch_size", batch_size)
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self._train_reps: Tensor | None = None
+
+    def fit(self: _Explainer, train_x: Tensor, train_y: Tensor | None = None) -> _Explainer:
+        if len(train_x) == 0:
+            raise ValueError(f"{type(self).__name__}.fit needs at least one training example")
+        self._train_reps = _represent(self.encoder, train_x, self.batch_size)
+        self._fitted = True
+        return self
+
+    def _representations(self, test_x: Tensor) -> tuple[Tensor, Tensor]:
+        """The training representations ``[n_train, d]`` kept by ``fit`` and those of ``test_x`` ``[n_test, d]``."""
+        self._check_fitted()
+        assert self._train_reps is not None
+        return self._train_reps, _represent(self.encoder, test_x, self.batch_size)
+
+
+class SimplEx(_RepresentationImportance):
     """SimplEx (Crabbé et al., 2021): each test representation as a convex mix of training ones.
 
     For test representation ``h_t`` the weights are ``softmax(w_t)`` over the training set, with
@@ -64,27 +92,14 @@ class SimplEx(ExampleImportance):
     ) -> None:
         check_positive_int("steps", steps)
         check_finite("SimplEx lr", lr, minimum=0.0, strict=True)
-        check_positive_int("batch_size", batch_size)
-        self.encoder = encoder
+        super().__init__(encoder, batch_size)
         self.steps = steps
         self.lr = lr
         self.cosine_decay = cosine_decay
-        self.batch_size = batch_size
-        self._train_reps: Tensor | None = None
         self.reconstruction_error: Tensor | None = None
 
-    def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> SimplEx:
-        if len(train_x) == 0:
-            raise ValueError("SimplEx.fit needs at least one training example")
-        self._train_reps = _represent(self.encoder, train_x, self.batch_size)
-        self._fitted = True
-        return self
-
     def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
-        self._check_fitted()
-        assert self._train_reps is not None
-        train_reps = self._train_reps
-        test_reps = _represent(self.encoder, test_x, self.batch_size)
+        train_reps, test_reps = self._representations(test_x)
         logits = torch.zeros(len(test_reps), len(train_reps), device=train_reps.device, requires_grad=True)
         optimizer = torch.optim.Adam([logits], lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.steps) if self.cosine_decay else None
@@ -103,7 +118,7 @@ class SimplEx(ExampleImportance):
         return weights.cpu()
 
 
-class DKNN(ExampleImportance):
+class DKNN(_RepresentationImportance):
     """Deep k-nearest neighbours without cut-off: ``score(t, i) = 1 / (||h_t - h_i||^2 + eps)``.
 
     The paper keeps all training points; ``eps`` (> 0) keeps the score finite at zero distance.
@@ -120,20 +135,10 @@ class DKNN(ExampleImportance):
 
     def __init__(self, encoder: nn.Module, eps: float = 1e-12, batch_size: int = 1024) -> None:
         check_finite("DKNN eps", eps, minimum=0.0, strict=True)
-        check_positive_int("batch_size", batch_size)
-        self.encoder = encoder
+        super().__init__(encoder, batch_size)
         self.eps = eps
-        self.batch_size = batch_size
-        self._train_reps: Tensor | None = None
-
-    def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> DKNN:
-        self._train_reps = _represent(self.encoder, train_x, self.batch_size)
-        self._fitted = True
-        return self
 
     def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
-        self._check_fitted()
-        assert self._train_reps is not None
-        test_reps = _represent(self.encoder, test_x, self.batch_size)
-        distances = torch.cdist(test_reps, self._train_reps, compute_mode="donot_use_mm_for_euclid_dist")
+        train_reps, test_reps = self._representations(test_x)
+        distances = torch.cdist(test_reps, train_reps, compute_mode="donot_use_mm_for_euclid_dist")
         return (1.0 / (distances.pow(2).clamp_min(0.0) + self.eps)).cpu()
