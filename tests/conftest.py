@@ -1,33 +1,26 @@
-"""Shared fixtures: tiny MNIST-format data on disk and Hydra-composed configs; no network."""
+"""Shared fixtures of every floor's tests: tiny data sets on disk in the real formats and Hydra-composed
+configs; no network. The repository root is on ``sys.path`` through pytest's ``pythonpath`` (pyproject.toml),
+so the tests, their fixtures and the studies import by absolute name (``tests.fixtures``, ``experiments``)."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("WANDB_MODE", "offline")
+from tests import ROOT
+from tests.fixtures import write_tiny_data
 
-from cifar_fixture import write_cifar_npz  # noqa: E402
-from dsprites_fixture import write_dsprites_npz  # noqa: E402
-from ecg_fixture import write_ecg5000  # noqa: E402
-from mnist_fixture import write_mnist_idx  # noqa: E402
+os.environ.setdefault("WANDB_MODE", "offline")
 
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
     """A data folder holding tiny, learnable data sets in the real on-disk formats: MNIST (torchvision's
-    layout), ECG5000 (UCR tsv), CIFAR-10 (the compact npz form) and dSprites (the subset npz form)."""
-    root = write_mnist_idx(tmp_path_factory.mktemp("data"), n_train=400, n_test=200, seed=0)
-    write_ecg5000(root, n_train=40, n_test=60, fmt="tsv", seed=0)
-    write_cifar_npz(root, n_train=100, n_test=50, seed=0)
-    write_dsprites_npz(root, n=160, form="subset", seed=0)
-    return root
+    layout), ECG5000 (UCR tsv), CIFAR-10 (the compact npz form) and dSprites (the subset npz form): the data
+    of the smoke-scale reference tables."""
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture

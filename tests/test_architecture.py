@@ -1,4 +1,5 @@
-"""The project's floors import downward only, its modules form no import cycle, and library files stay short.
+"""The project's floors import downward only, its modules form no import cycle, and library files stay short;
+the tests mirror the floors and import by name.
 
 Floors, from the bottom:
 
@@ -14,6 +15,11 @@ in module-level constants. Imports inside functions count; imports under ``if TY
 the floors but not for cycles. An import of a package is an import of its ``__init__`` only (importing
 ``a.b.c`` is an edge to ``a.b.c``, not to ``a`` or ``a.b``), so the re-export pattern (a package imports
 its submodules, which import ``package.sibling``) is no cycle.
+
+The tests: ``tests/library`` tests the library and imports no ``experiments``, ``scripts`` or ``run``;
+``tests/studies`` tests ``experiments`` and imports no ``scripts`` or ``run``; ``tests/e2e`` runs the entry
+points end to end. No file under ``tests/`` touches ``sys.path`` or loads a module from a file path
+(``spec_from_file_location`` and the like): tests/ is a package and pytest puts the root on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -424,3 +430,86 @@ def test_long_library_files_are_reported(tmp_path):
     root = _write(tmp_path, {"labelfree/__init__.py": "", "labelfree/big.py": "x = 1\n" * 501,
                              "labelfree/ok.py": "x = 1\n" * 500, "experiments/big.py": "x = 1\n" * 900})
     assert long_files(root) == ["labelfree/big.py: 501 lines (at most 500)"]
+
+
+# -------------------------------------------------------------------------------------------- the tests
+#: the tests' folders and what their modules may not import (the floor they test and the ones above it)
+TEST_FLOORS = {"library": {"experiments", "scripts", "run"}, "studies": {"scripts", "run"}, "e2e": set()}
+#: calls that load a module from a file path instead of importing it by name
+_FILE_LOADERS = {"spec_from_file_location", "SourceFileLoader", "SourcelessFileLoader", "load_source", "run_path"}
+
+
+def path_hacks(path: Path) -> list[str]:
+    """``line: what`` for every use of ``sys.path`` and every load of a module from a file path in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            names = [a.name for a in node.names]
+            if (node.module == "sys" and "path" in names) or _FILE_LOADERS & set(names):
+                found.append(f"{node.lineno}: from {node.module} import {', '.join(names)}")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "sys" \
+                and node.attr == "path":
+            found.append(f"{node.lineno}: sys.path")
+        elif isinstance(node, (ast.Attribute, ast.Name)):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id
+            if name in _FILE_LOADERS:
+                found.append(f"{node.lineno}: {name}")
+    return sorted(found, key=lambda hit: int(hit.split(":")[0]))
+
+
+def python_files_of_the_tests(root: Path) -> list[Path]:
+    """Every Python file under ``root/tests`` (test modules, conftest, fixtures, reference scripts)."""
+    return [p for p in sorted((root / "tests").rglob("*.py")) if "__pycache__" not in p.parts]
+
+
+def test_no_test_module_touches_sys_path_or_loads_a_module_from_a_file():
+    """Tests import by name: the root is on sys.path through pytest's ``pythonpath``, and tests/ is a package."""
+    offenders = [f"{p.relative_to(ROOT)}:{hit}" for p in python_files_of_the_tests(ROOT) for hit in path_hacks(p)]
+    assert not offenders, "path hacks in the tests (import by name instead):\n" + "\n".join(offenders)
+
+
+def misplaced_tests(root: Path) -> list[str]:
+    """Test modules outside the floors' folders, and imports of a test module from a floor above the one it tests."""
+    found = []
+    for path in python_files_of_the_tests(root):
+        parts = path.relative_to(root / "tests").parts
+        if path.name.startswith("test_") and parts != ("test_architecture.py",) and parts[0] not in TEST_FLOORS:
+            found.append(f"{path.relative_to(root)}: not in tests/{{{','.join(TEST_FLOORS)}}}/")
+        if parts[0] in TEST_FLOORS:
+            for imp in parse_imports(path, module_name(path, root)):
+                if imp.target.split(".")[0] in TEST_FLOORS[parts[0]]:
+                    found.append(f"{path.relative_to(root)}:{imp.line}: tests/{parts[0]} imports {imp.target}")
+    return found
+
+
+def test_tests_mirror_the_floors():
+    """Every test module lives in the folder of the floor it tests, and imports nothing from the floors above."""
+    offenders = misplaced_tests(ROOT)
+    assert not offenders, "tests that do not mirror the floors:\n" + "\n".join(offenders)
+
+
+def test_misplaced_tests_are_found(tmp_path):
+    root = _write(tmp_path, {
+        "tests/__init__.py": "", "tests/conftest.py": "import os\n", "tests/test_architecture.py": "",
+        "tests/test_loose.py": "", "tests/fixtures/mnist.py": "",
+        "tests/library/test_a.py": "import torch\nfrom tests.fixtures.mnist import w\nfrom experiments.runner import run\n",
+        "tests/studies/test_b.py": "import experiments.runner\nimport hydra\n\ndef f():\n    from scripts import bench\n",
+        "tests/e2e/test_c.py": "import scripts.bench\nimport run\n",
+    })
+    assert misplaced_tests(root) == [
+        "tests/library/test_a.py:3: tests/library imports experiments.runner",
+        "tests/studies/test_b.py:5: tests/studies imports scripts",
+        "tests/test_loose.py: not in tests/{library,studies,e2e}/",
+    ]
+
+
+def test_path_hacks_are_found(tmp_path):
+    path = tmp_path / "test_x.py"
+    path.write_text(
+        "import sys\nimport importlib.util\nfrom importlib.machinery import SourceFileLoader\n"
+        "sys.path.insert(0, 'x')\n"
+        "spec = importlib.util.spec_from_file_location('m', 'scripts/m.py')\n"
+        "text = 'sys.path and spec_from_file_location in a string are fine'\n"
+    )
+    assert path_hacks(path) == ["3: from importlib.machinery import SourceFileLoader", "4: sys.path",
+                                "5: spec_from_file_location"]

@@ -12,7 +12,6 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients
 
-from cifar_fixture import make_cifar_like, write_cifar_batches, write_cifar_npz
 from labelfree.attribution.examples import Objective
 from labelfree.attribution.features import LabelFreeAttribution
 from labelfree.baselines import gaussian_blur, gaussian_kernel1d
@@ -21,6 +20,7 @@ from labelfree.data.errors import DataNotFoundError
 from labelfree.models.augment import SimCLRAugment, adjust_hue, rgb_to_grayscale
 from labelfree.models.simclr import CIFARResNet18, SimCLR, make_simclr, nt_xent
 from labelfree.training import TrainConfig, evaluate, train
+from tests.fixtures.cifar10 import make_cifar_like, write_cifar_batches, write_cifar_npz
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 

@@ -13,11 +13,7 @@ import torch
 
 from labelfree.data import DataNotFoundError, balanced_subset, load_mnist, train_val_split
 from labelfree.data.mnist import MNIST_FILES, MNIST_N, read_idx
-
-try:  # works whether or not tests/ is a package
-    from tests.mnist_fixture import make_mnist_like, mnist_prototypes, write_idx, write_mnist_idx
-except ImportError:  # pragma: no cover
-    from mnist_fixture import make_mnist_like, mnist_prototypes, write_idx, write_mnist_idx
+from tests.fixtures.mnist import make_mnist_like, mnist_prototypes, write_idx, write_mnist_idx
 
 ALL_FILES = [name for pair in MNIST_FILES.values() for name in pair]
 

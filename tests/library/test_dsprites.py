@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dsprites_fixture import make_dsprites_like, write_dsprites_npz
 from labelfree.data import DataNotFoundError
 from labelfree.data.dsprites import DSPRITES_OFFICIAL, DSPRITES_SUBSET, LATENT_NAMES, load_dsprites
 from labelfree.data.splits import build_dataset
+from tests.fixtures.dsprites import make_dsprites_like, write_dsprites_npz
 
 CONFIG = {"name": "dsprites", "n_examples": None, "test_fraction": 0.1, "val_fraction": 0.1, "baseline": 0.0,
           "channel_dim": 1, "download": False}

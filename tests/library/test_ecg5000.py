@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients
-from ecg_fixture import make_ecg_like, write_ecg5000, write_ucr_file
 from torch import nn
 
 from labelfree.attribution.examples import Objective
@@ -28,6 +27,7 @@ from labelfree.data.errors import DataNotFoundError
 from labelfree.data.subsets import balanced_subset
 from labelfree.metrics import mask_features, top_feature_mask
 from labelfree.models.lstm import LSTMAutoEncoder, LSTMLayer
+from tests.fixtures.ecg5000 import make_ecg_like, write_ecg5000, write_ucr_file
 
 N_TRAIN, N_TEST = 40, 60
 

@@ -57,10 +57,3 @@ def test_unknown_purpose_and_dataset(tiny_data_dir):
         build_dataset(ECG, tiny_data_dir, seed=0, purpose="train")
     with pytest.raises(ValueError, match="Unknown dataset 'svhn'; accepted"):
         build_dataset({**ECG, "name": "svhn"}, tiny_data_dir, seed=0)
-
-
-def test_ecg5000_smoke_run_trains_one_model_per_check(compose_config, tmp_path):
-    from experiments.runner import run
-
-    summary = run(compose_config("experiment=ecg5000_consistency", "scale=smoke"), tmp_path / "run")
-    assert set(summary["training"]) == {"features", "examples"}

@@ -2,7 +2,6 @@
 and its defaults (one home: configs/trainer/default.yaml equals TrainConfig)."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from omegaconf import OmegaConf
 from labelfree.io import load_torch
 from labelfree.models import AutoEncoder, GaussianNoise, Identity, MNISTDecoder, MNISTEncoder, RandomMask
 from labelfree.training import TrainConfig, TrainingDivergedError, evaluate, train
+from tests import ROOT
 
 
 def small_data(n=96, seed=0):
@@ -88,9 +88,9 @@ def test_bad_trainer_settings():
 
 
 #: TrainConfig fields that the trainer config group does not hold: set at run time from elsewhere
-#: (``device`` comes from the top-level ``device`` key of configs/run.yaml, see labelfree.runner.train_config).
+#: (``device`` comes from the top-level ``device`` key of configs/run.yaml, see experiments.cache.train_config).
 RUNTIME_ONLY_FIELDS = {"device"}
-TRAINER_DEFAULTS = Path(__file__).resolve().parents[1] / "configs" / "trainer" / "default.yaml"
+TRAINER_DEFAULTS = ROOT / "configs" / "trainer" / "default.yaml"
 
 
 def test_trainer_config_defaults_equal_the_library_defaults():

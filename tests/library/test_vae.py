@@ -21,6 +21,7 @@ from labelfree.models.vae import (
     tc_decomposition,
 )
 from labelfree.training import TrainConfig, train
+from tests import ROOT
 
 
 def _pair(latent_dim: int = 3, image_size: int = 32) -> tuple[BurgessEncoder, BurgessDecoder]:
@@ -173,11 +174,9 @@ def test_perturb_samples_the_latent_and_no_perturb_is_deterministic(name):
 
 
 def test_builders_read_the_model_configs_and_refuse_a_missing_dataset_size():
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
-    configs = Path(__file__).resolve().parents[1] / "configs" / "model"
+    configs = ROOT / "configs" / "model"
     beta = OmegaConf.load(configs / "beta_vae.yaml")
     model = build_model(beta)
     assert isinstance(model, BetaVAE) and model.beta == 1.0 and model.encoder.latent_dim == 3

@@ -1,13 +1,17 @@
 """Write the smoke-scale reference tables that tests compare every experiment against.
 
-    python tests/reference/make_reference_tables.py            # rewrite the references
-    python tests/reference/make_reference_tables.py --check    # compare the current code against them
+    python -m tests.reference.make_reference_tables            # rewrite the references
+    python -m tests.reference.make_reference_tables --check    # compare the current code against them
+    python -m tests.reference.make_reference_tables mnist_roar # only some experiments
+
+Run from the repository root (a module of the ``tests`` package: it imports ``tests.fixtures`` and
+``experiments`` by absolute name, with the root on ``sys.path`` as ``python -m`` puts it there).
 
 Runs every experiment of ``configs/experiment`` at ``scale=smoke`` (seed 1, CPU) on the tiny data sets
-the tests build, and copies each run's tidy CSVs to ``tests/reference/smoke/<experiment>/``. The files
-committed there were written by the code *before* the restructuring of issue 14 (commit 222ee75); a
-test reruns every experiment with the current code and requires the same tables, so a refactoring
-that changes a number fails. Regenerate only when a change is *meant* to change what an experiment
+the tests build (``tests.fixtures.write_tiny_data``, the tests' ``tiny_data_dir``), and copies each run's tidy
+CSVs to ``tests/reference/smoke/<experiment>/``. The files committed there were written by the code
+*before* the restructuring of issue 14 (commit 222ee75); a test (``tests/e2e/test_smoke.py``) reruns every
+experiment with the current code and requires the same tables, so a refactoring that changes a number fails. Regenerate only when a change is *meant* to change what an experiment
 computes, and say so in the commit.
 """
 
@@ -16,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -33,28 +36,21 @@ def main() -> None:
     parser.add_argument("experiments", nargs="*", help="default: every experiment")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import torch
     from hydra import compose, initialize_config_dir
 
     torch.set_num_threads(THREADS)
 
-    from cifar_fixture import write_cifar_npz
-    from dsprites_fixture import write_dsprites_npz
-    from ecg_fixture import write_ecg5000
-    from experiments.runner import run
-    from mnist_fixture import write_mnist_idx
-
     import pandas as pd
+
+    from experiments.runner import run
+    from tests.fixtures import write_tiny_data
 
     experiments = args.experiments or sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = write_mnist_idx(tmp / "data", n_train=400, n_test=200, seed=0)
-        write_ecg5000(data, n_train=40, n_test=60, fmt="tsv", seed=0)
-        write_cifar_npz(data, n_train=100, n_test=50, seed=0)
-        write_dsprites_npz(data, n=160, form="subset", seed=0)
+        data = write_tiny_data(tmp / "data")
         for experiment in experiments:
             with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
                 cfg = compose("run", overrides=[

@@ -1,20 +1,54 @@
-"""The benchmark measures memory with the bounds each model's experiment configures (no lfxai needed)."""
+"""The benchmark (experiments.benchmark): the memory bounds each model's experiment configures, the agreement
+checks on hand-built results, and the tiny workload without lfxai (no lfxai needed; the comparison with lfxai
+is tests/e2e/test_bench_script.py)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import bench_explainers  # noqa: E402
+from experiments import benchmark
 
 
 def test_memory_options_follow_the_experiment_configs() -> None:
-    lstm = bench_explainers.memory_options("ecg_lstm_ae", "influence_functions")
+    lstm = benchmark.memory_options("ecg_lstm_ae", "influence_functions")
     assert lstm == {"chunk_size": 32, "vector_chunk_size": 4, "hvp_chunk_size": 50, "test_chunk_size": 256}
-    assert bench_explainers.memory_options("ecg_lstm_ae", "tracin") == {"chunk_size": 32}
-    mnist = bench_explainers.memory_options("mnist_ae", "influence_functions")
+    assert benchmark.memory_options("ecg_lstm_ae", "tracin") == {"chunk_size": 32}
+    mnist = benchmark.memory_options("mnist_ae", "influence_functions")
     assert mnist["chunk_size"] == 256 and mnist["hvp_chunk_size"] is None
-    assert set(bench_explainers.MEMORY_MODELS) == {"mnist_ae", "ecg_lstm_ae", "dsprites_beta_vae"}
+    assert set(benchmark.MEMORY_MODELS) == {"mnist_ae", "ecg_lstm_ae", "dsprites_beta_vae"}
+
+
+def test_agreement_checks_on_hand_built_results() -> None:
+    scores = torch.arange(12.0).reshape(3, 4)
+    assert benchmark.close_scores(1e-3)(scores, scores + 1e-3)[0]
+    passed, text = benchmark.close_scores(1e-3)(scores, scores + 0.1)
+    assert not passed and text == "max |diff| / max |score| = 9.0e-03 (<= 0.001)"
+    assert benchmark.ranked_alike(0.95)(scores, scores**3) == (True, "Spearman over all pairs = 1.0000 (>= 0.95)")
+    assert not benchmark.ranked_alike(0.95)(scores, -scores)[0]
+    assert benchmark.rows_ranked_alike(scores, 2 * scores)[0] and not benchmark.rows_ranked_alike(scores, -scores)[0]
+    mask = torch.tensor([[True, False], [False, True]])
+    assert benchmark.same_masks(mask, (~mask).float()) == (True, "identical masks")  # lfxai: 0 where masked
+    assert benchmark.same_masks(mask, mask.float()) == (False, "4 pixels differ")
+    rates = [(0.5, 0.1), (0.7, 0.2)]
+    assert benchmark.same_rates(rates, ([0.5, 0.7], [0.1, 0.2])) == (True, "identical rates")
+    assert benchmark.same_rates(rates, ([0.5, 0.7], [0.1, 0.3]))[0] is False
+
+
+def test_the_tiny_workload_times_every_piece_without_lfxai(tmp_path) -> None:  # noqa: ANN001
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        workload = benchmark.Workload.from_config(tiny=True, repeats=1)
+        report = benchmark.run_workload(workload, with_lfxai=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [row.key for row in report.rows] == ["tracin", "influence_functions", "influence_functions_arnoldi",
+                                                "simplex", "dknn", "masks", "similarity_rates"]
+    assert all(row.labelfree_s > 0 and row.lfxai_s is None and row.passed is None for row in report.rows)
+    table = benchmark.render(report, workload)
+    assert table.count("\n") == 2 + len(report.rows) - 1 and "| DKNN |" in table
+    (tmp_path / "workload.md").write_text(table + "\n")
+    (tmp_path / "paper.md").write_text("| paper table |\n")
+    benchmark.assemble(tmp_path / "workload.md", tmp_path / "paper.md", tmp_path / "BENCHMARKS.md")
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert text.startswith("# Benchmarks") and table in text and "| paper table |" in text

@@ -1,0 +1,1 @@
+"""End-to-end runs: every experiment through Hydra at smoke scale, the launchers, the entry points."""
