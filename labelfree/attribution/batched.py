@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from labelfree.data.splits import Baseline, baseline_like
 
-__all__ = ["attribute_all", "attribute_features", "iter_attributions"]
+__all__ = ["BatchedAttribution", "attribute_features"]
 
 
 def _accepts_baselines(explainer: Attribution) -> bool:
@@ -41,37 +42,31 @@ def attribute_features(
     return explainer.attribute(inputs, **kwargs).detach()
 
 
-def iter_attributions(
-    explainer: Attribution,
-    x: Tensor,
-    baseline: Baseline,
-    attribute_kwargs: Mapping[str, Any],
-    batch_size: int,
-    device: torch.device,
-    units: bool = False,
-    desc: str = "attributions",
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(x_batch, attributions)`` on ``device`` for consecutive batches of ``x [n, *input_shape]``."""
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for idx in tqdm(torch.arange(len(x)).split(int(batch_size)), desc=desc, leave=False):
-        xb = x[idx].to(device)
-        yield xb, attribute_features(explainer, xb, baseline, attribute_kwargs, units=units)
+@dataclass(frozen=True)
+class BatchedAttribution:
+    """A label-free feature explainer applied to a whole tensor, ``batch_size`` inputs at a time on ``device``.
 
+    ``units``: one map per latent unit (``[n, d, *input_shape]``) instead of one per input.
+    """
 
-def attribute_all(
-    explainer: Attribution,
-    x: Tensor,
-    baseline: Baseline,
-    attribute_kwargs: Mapping[str, Any],
-    batch_size: int,
-    device: torch.device,
-    absolute: bool = False,
-    desc: str = "attributions",
-) -> Tensor:
-    """Attributions ``[n, *input_shape]`` of every input of ``x``, on the CPU (``absolute``: their magnitude)."""
-    parts = [
-        (a.abs() if absolute else a).cpu()
-        for _, a in iter_attributions(explainer, x, baseline, attribute_kwargs, batch_size, device, desc=desc)
-    ]
-    return torch.cat(parts)
+    explainer: Attribution
+    baseline: Baseline
+    attribute_kwargs: Mapping[str, Any]
+    batch_size: int
+    device: torch.device
+    units: bool = False
+
+    def __post_init__(self) -> None:
+        size = self.batch_size
+        if isinstance(size, bool) or int(size) != size or size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {size!r}")
+
+    def batches(self, x: Tensor, desc: str = "attributions") -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield ``(x_batch, attributions)`` on ``device`` for consecutive batches of ``x [n, *input_shape]``."""
+        for idx in tqdm(torch.arange(len(x)).split(int(self.batch_size)), desc=desc, leave=False):
+            xb = x[idx].to(self.device)
+            yield xb, attribute_features(self.explainer, xb, self.baseline, self.attribute_kwargs, units=self.units)
+
+    def all(self, x: Tensor, absolute: bool = False, desc: str = "attributions") -> Tensor:
+        """Attributions of every input of ``x``, on the CPU (``absolute``: their magnitude)."""
+        return torch.cat([(a.abs() if absolute else a).cpu() for _, a in self.batches(x, desc)])

@@ -22,7 +22,7 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from labelfree.attribution.batched import iter_attributions
+from labelfree.attribution.batched import BatchedAttribution
 from labelfree.attribution.examples import ExampleImportance
 from labelfree.data.splits import Baseline, baseline_like
 from labelfree.metrics import (
@@ -74,9 +74,8 @@ def consistency_features(
     encoder.eval()
     shifts: dict[tuple[str, float], list[Tensor]] = {}
     for name, explainer in explainers.items():
-        batches = iter_attributions(explainer, test_x, baseline, attribute_kwargs.get(name, {}), batch_size, device,
-                                    desc=f"features {name}")
-        for x, attributions in batches:
+        batched = BatchedAttribution(explainer, baseline, attribute_kwargs.get(name, {}), batch_size, device)
+        for x, attributions in batched.batches(test_x, desc=f"features {name}"):
             base = baseline_like(baseline, x)
             for p, fraction in zip(percents, fractions):
                 mask = top_feature_mask(attributions, fraction, channel_dim=channel_dim)

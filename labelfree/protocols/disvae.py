@@ -37,7 +37,7 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from labelfree.attribution.batched import iter_attributions
+from labelfree.attribution.batched import BatchedAttribution
 from labelfree.data.splits import Baseline
 from labelfree.metrics import (
     active_units,
@@ -79,8 +79,8 @@ def unit_saliency(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = module_device(explainer.encoder)
-    for xb, maps in iter_attributions(explainer, x, baseline, attribute_kwargs, batch_size, device, units=True,
-                                      desc="unit saliency"):
+    batched = BatchedAttribution(explainer, baseline, attribute_kwargs, batch_size, device, units=True)
+    for xb, maps in batched.batches(x, desc="unit saliency"):
         maps = maps.abs()
         if channel_dim is not None:
             maps = maps.sum(dim=(channel_dim % xb.dim()) + 1)  # +1: the unit dim sits after the examples

@@ -31,7 +31,7 @@ from captum.attr import Attribution
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from labelfree.attribution.batched import attribute_all
+from labelfree.attribution.batched import BatchedAttribution
 from labelfree.attribution.examples import ExampleImportance
 from labelfree.data.splits import Baseline
 from labelfree.metrics import pearson_matrix, spearman_matrix
@@ -115,10 +115,8 @@ def task_feature_importances(
     out: Explanations = {}
     for task, by_method in explainers.items():
         for method, explainer in by_method.items():
-            out.setdefault(method, {})[task] = attribute_all(
-                explainer, x, baseline, attribute_kwargs.get(method, {}), batch_size, device, absolute=True,
-                desc=f"features {task} {method}",
-            )
+            batched = BatchedAttribution(explainer, baseline, attribute_kwargs.get(method, {}), batch_size, device)
+            out.setdefault(method, {})[task] = batched.all(x, absolute=True, desc=f"features {task} {method}")
         log.info("features of %s done (%d inputs)", task, len(x))
     return out
 

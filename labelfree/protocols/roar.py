@@ -20,7 +20,7 @@ from captum.attr import Attribution
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from labelfree.attribution.batched import attribute_all
+from labelfree.attribution.batched import BatchedAttribution
 from labelfree.data.splits import Baseline, baseline_like
 from labelfree.metrics import mask_features, percent_to_fraction, top_feature_mask
 from labelfree.models.base import PretextModel
@@ -42,8 +42,8 @@ def feature_importances(
 ) -> dict[str, Tensor]:
     """Attributions ``[n, *input_shape]`` (on the CPU) of every input of ``x`` for each explainer."""
     return {
-        name: attribute_all(explainer, x, baseline, attribute_kwargs.get(name, {}), batch_size, device,
-                            desc=f"ROAR importances {name}")
+        name: BatchedAttribution(explainer, baseline, attribute_kwargs.get(name, {}), batch_size, device).all(
+            x, desc=f"ROAR importances {name}")
         for name, explainer in explainers.items()
     }
 
