@@ -49,6 +49,14 @@ def find_run_dirs(roots: Iterable[str | Path], table: str) -> list[Path]:
     return sorted(found)
 
 
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (committed tables name no machine)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def collect(
     roots: Iterable[str | Path], table: str, experiment: str | None = None, scale: str | None = None,
     study: str | None = None,
@@ -87,7 +95,7 @@ def collect(
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
             result.skipped.append((run_dir, f"unreadable {csv.name}: {error}"))
             continue
-        frames.append(frame.assign(run_dir=str(run_dir)))
+        frames.append(frame.assign(run_dir=_display_path(run_dir), finished_at=summary.get("finished_at")))
         result.runs.append(run_dir)
     for run_dir, reason in result.skipped:
         log.warning("skipped %s: %s", run_dir, reason)
@@ -201,7 +209,7 @@ def aggregate_levels(
             continue
         for experiment, part in found.frame.groupby("experiment", sort=True):
             folder = results / str(experiment) / scale
-            frame = part.drop(columns=["run_dir"])
+            frame = part
             seeds = sorted(int(s) for s in frame["seed"].unique())
             written.append(save_csv(frame, folder / f"{table}_runs.csv"))
             written += write_table(level_table(frame), folder / f"{table}_table")

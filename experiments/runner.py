@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         summary["training"] = bench.training_summary()
         summary["model_cached"] = all(t["model_cached"] for t in summary["training"].values())
         summary["wall_seconds"] = time.perf_counter() - start
+        summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         save_json(summary, run_dir / "summary.json")
         tracker.log_summary(summary)
     finally:

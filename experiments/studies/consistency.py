@@ -8,10 +8,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from experiments.aggregation import aggregate_levels
-from experiments.claims import Claim, figure_link, lookup, read_table, seed_means
+from experiments.claims import (
+    Claim,
+    claim_from,
+    compare_methods,
+    figure_link,
+    fmt,
+    mean_by,
+    paired,
+    read_table,
+    resolve_methods,
+)
 from experiments.explainers import build_example_explainers, build_feature_explainers
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
@@ -20,6 +31,7 @@ from labelfree.plots import plot_representation_shift, plot_similarity_rates
 from labelfree.protocols.consistency import consistency_examples, consistency_features
 
 FEATURES, EXAMPLES = "consistency_features", "consistency_examples"
+METRIC_SHIFT = "representation_shift"
 
 
 def class_subset(labels, per_class: int | None, seed: int):
@@ -72,47 +84,63 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------- claims
-def feature_consistency(frame, dataset: str, rules: Mapping[str, Any]) -> Claim:
-    """The explainers of ``rules.methods`` shift the representation more than ``rules.random`` at ``rules.levels``."""
+def feature_consistency(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any]) -> Claim:
+    """Masking the top p % features by each named explainer shifts the representation more than random
+    masking, at every p of ``rules.levels``; the order of the methods and the equal shift at 100 % beside it."""
+    node = rules["features"]
+    levels, random_name = [float(p) for p in node["levels"]], node["random"]
+    methods = resolve_methods(frame, node["methods"])
     name = f"Feature consistency, {rules['datasets'][dataset]}"
-    levels, random_name = [float(p) for p in rules["levels"]], rules["random"]
-    paper = (f"masking the top p% features ({', '.join(rules['methods'])}) shifts the representation more than "
-             f"random masking, p = {', '.join(f'{p:g}' for p in levels)}")
+    paper = (f"masking the top p% features ({', '.join(methods)}) shifts the representation more than masking "
+             f"random ones, p = {', '.join(f'{p:g}' for p in levels)}")
     if frame is None or frame.empty:
-        return Claim(name, paper, "-", None)
-    means = seed_means(frame[frame["metric"] == "representation_shift"]).set_index(["method", "level"])["value"]
-    random = lookup(means, [(random_name, p) for p in levels])
-    parts, holds = [], True
-    for method in rules["methods"]:
-        values = lookup(means, [(method, p) for p in levels])
-        if values is None or random is None:
-            continue
-        holds &= all(v > r for v, r in zip(values, random))
-        parts.append(f"{method}: " + ", ".join(f"{v / r:.1f}x" if r > 0 else "inf" for v, r in zip(values, random)) + " random")
-    if not parts:
-        return Claim(name, paper, "the explainers or Random not measured at every p", None)
-    return Claim(name, paper, "; ".join(parts), holds)
+        return Claim(name, paper, "-")
+    frame = frame[frame["metric"] == METRIC_SHIFT]
+    inequalities, missing = compare_methods(frame, METRIC_SHIFT, methods, random_name, levels)
+    means = mean_by(frame, ["method", "level"])
+    parts = []
+    for method in methods:
+        ratios = [means.get((method, p)) / means.get((random_name, p)) for p in levels
+                  if (method, p) in means and (random_name, p) in means and means.get((random_name, p)) > 0]
+        if ratios:
+            parts.append(f"{method} {fmt(min(ratios))}-{fmt(max(ratios))}x random")
+    measured = frame[frame["level"].isin(levels)]
+    order = measured.groupby("method")["value"].mean().sort_values(ascending=False)
+    parts.append("order (mean shift over p): " + " > ".join(order.index))
+    full = frame[frame["level"] == float(node["full_level"])]["value"]
+    if len(full):
+        spread = float(full.max() - full.min()) / max(abs(float(full.mean())), 1e-12)
+        parts.append(f"equal at {float(node['full_level']):g} %: {'yes' if spread <= float(node['equal_rtol']) else 'NO'}"
+                     f" (relative spread {spread:.1e})")
+    return claim_from(name, paper, "; ".join(parts), inequalities, rules, missing)
 
 
-def example_consistency(frame, dataset: str, rules: Mapping[str, Any]) -> Claim:
-    """The most important examples share the test label more often than the least important, at ``rules.level``."""
+def example_consistency(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any]) -> Claim:
+    """The M most important examples share the test label more often than the M least important, for every
+    named explainer and every M of ``rules.levels``; the base rate at M = 100 % beside it."""
+    node = rules["examples"]
+    levels = [float(m) for m in node["levels"]]
+    methods = resolve_methods(frame, node["methods"][dataset])
     name = f"Example consistency, {rules['datasets'][dataset]}"
-    level = float(rules["level"])
-    paper = (f"the M = {level:g}% most important training examples share the test example's label more often "
-             "than the least important")
+    paper = (f"the M most important training examples ({', '.join(methods)}) share the test example's label more "
+             f"often than the M least important, M = {', '.join(f'{m:g}' for m in levels)} %")
     if frame is None or frame.empty:
-        return Claim(name, paper, "-", None)
-    means = seed_means(frame[frame["level"] == level]).set_index(["method", "metric"])["value"]
-    parts, holds = [], True
-    for method in [m for m in dict.fromkeys(frame["method"]) if m != rules["random"]]:
-        values = lookup(means, [(method, "similarity_most"), (method, "similarity_least")])
-        if values is None:
-            continue
-        holds &= values[0] > values[1]
-        parts.append(f"{method}: {values[0]:.2f} vs {values[1]:.2f}")
-    if not parts:
-        return Claim(name, paper, f"not measured at M = {level:g}%", None)
-    return Claim(name, paper, "; ".join(parts), holds)
+        return Claim(name, paper, "-")
+    inequalities, missing = [], []
+    for method in methods:
+        for level in levels:
+            q = paired(frame, {"method": method, "metric": "similarity_most", "level": level},
+                       {"method": method, "metric": "similarity_least", "level": level}, f"{method} @ {level:g}")
+            (inequalities.append(q) if q is not None and q.differences else missing.append(f"{method} @ {level:g}"))
+    means = mean_by(frame, ["method", "metric", "level"])
+    first = levels[0]
+    parts = [f"{m} at M={first:g}%: {fmt(means[(m, 'similarity_most', first)])} vs "
+             f"{fmt(means[(m, 'similarity_least', first)])}" for m in methods
+             if (m, "similarity_most", first) in means and (m, "similarity_least", first) in means]
+    full = frame[frame["level"] == float(node["full_level"])]["value"]
+    if len(full):
+        parts.append(f"base rate at M={float(node['full_level']):g}%: {fmt(full.min())}-{fmt(full.max())}")
+    return claim_from(name, paper, "; ".join(parts), inequalities, rules, missing)
 
 
 def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
@@ -120,19 +148,12 @@ def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
     out = []
     for dataset in rules["datasets"]:
         folder = results / f"{dataset}_consistency" / scale
-        for table, check, node in ((FEATURES, feature_consistency, rules["features"]),
-                                   (EXAMPLES, example_consistency, rules["examples"])):
-            claim = check(read_table(folder / f"{table}_runs.csv"), dataset, {**node, "datasets": rules["datasets"]})
+        for table, check in ((FEATURES, feature_consistency), (EXAMPLES, example_consistency)):
+            claim = check(read_table(folder / f"{table}_runs.csv"), dataset, rules)
             claim.figure = figure_link(folder / f"{table}.png", results)
             out.append(claim)
     return out
 
 
-STUDY = Study(
-    name="consistency",
-    title="Consistency of label-free feature and example importance",
-    tables=(FEATURES, EXAMPLES),
-    run=run,
-    aggregate=aggregate,
-    claims=claims,
-)
+STUDY = Study("consistency", "Consistency of label-free feature and example importance", (FEATURES, EXAMPLES), run,
+              aggregate, claims)

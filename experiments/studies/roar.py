@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.aggregation import aggregate_levels
 from experiments.cache import train_config
-from experiments.claims import Claim, figure_link, lookup, read_table, seed_means
+from experiments.claims import Claim, claim_from, compare_methods, figure_link, fmt, mean_by, read_table, resolve_methods
 from experiments.explainers import build_feature_explainers
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
@@ -61,27 +62,23 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     return aggregate_levels(runs, results, scale, "roar", {TABLE: plot_roar})
 
 
-def roar_claim(frame, rules: Mapping[str, Any]) -> Claim:
-    """Removing the most important pixels hurts the retrained model more than removing random ones."""
-    name = "ROAR, MNIST"
+def roar_claim(frame: pd.DataFrame | None, rules: Mapping[str, Any]) -> Claim:
+    """Retraining without the top-k % pixels by each named explainer gives a higher clean test loss than
+    without random pixels, at every k of ``rules.levels``."""
     levels, random_name = [float(k) for k in rules["levels"]], rules["random"]
-    paper = (f"retraining without the top-k% pixels ({', '.join(rules['methods'])}) gives a higher test loss than "
+    methods = resolve_methods(frame, rules["methods"])
+    name = "ROAR, MNIST"
+    paper = (f"retraining without the top-k% pixels ({', '.join(methods)}) gives a higher test loss than "
              f"without random pixels, k = {', '.join(f'{k:g}' for k in levels)}")
     if frame is None or frame.empty:
-        return Claim(name, paper, "-", None)
-    means = seed_means(frame[frame["metric"] == "test_loss"]).set_index(["method", "level"])["value"]
-    random = lookup(means, [(random_name, k) for k in levels])
-    parts, holds = [], True
-    for method in rules["methods"]:
-        values = lookup(means, [(method, k) for k in levels])
-        if values is None or random is None:
-            continue
-        holds &= all(v > r for v, r in zip(values, random))
-        parts.append(f"{method}: " + ", ".join(f"{v:.4f}" for v in values))
-    if not parts:
-        return Claim(name, paper, "the explainers or Random not measured at every k", None)
-    parts.append("random: " + ", ".join(f"{r:.4f}" for r in random))
-    return Claim(name, paper, "; ".join(parts), holds)
+        return Claim(name, paper, "-")
+    frame = frame[frame["metric"] == "test_loss"]
+    inequalities, missing = compare_methods(frame, "test_loss", methods, random_name, levels)
+    means = mean_by(frame, ["method", "level"])
+    parts = [f"{m}: " + ", ".join(fmt(means[(m, k)]) if (m, k) in means else "-" for k in levels)
+             for m in [*methods, random_name]]
+    return claim_from(name, paper, f"test loss at k = {', '.join(f'{k:g}' for k in levels)}: " + "; ".join(parts),
+                      inequalities, rules, missing)
 
 
 def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
