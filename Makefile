@@ -19,7 +19,7 @@ AGGREGATE = $(PYTHON) -m experiments.aggregate --runs $(RUNS) --results $(RESULT
 sweep = $(PYTHON) run.py -m experiment=$(1) scale=$(SCALE) seed=$(2) skip_finished=true \
 	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4)
 
-.PHONY: help install test quick paper figures report consistency-features consistency-examples roar results bench
+.PHONY: help install test quick paper figures report consistency-features consistency-examples roar bench
 
 help:
 	@echo "make install                 pip install -e '.[dev]'"
@@ -66,10 +66,6 @@ quick:
 paper:
 	$(MAKE) consistency-features consistency-examples roar pretext disvae SCALE=paper
 	$(MAKE) figures report SCALE=paper
-
-# The committed single-run MNIST results shown in the README (reuses the cached model when present).
-results:
-	$(PYTHON) run.py experiment=mnist_consistency scale=quick seed=1 skip_finished=true hydra.run.dir=$(RESULTS)/mnist_consistency/quick/run
 
 # Pretext-task sensitivity on MNIST (PAPER.md section 3, "Pretext"): the four models per seed, then the
 # mean +/- std correlation tables and heatmaps under $(RESULTS)/mnist_pretext/$(SCALE).

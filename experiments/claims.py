@@ -153,7 +153,10 @@ def claim_from(name: str, paper: str, measured: str, inequalities: Sequence[Ineq
     if missing:
         note = "not measured: " + ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
     elif verdict == INCONCLUSIVE:
-        note = "spread too large for the number of seeds" + (" (one seed: test-example spread)" if len(seeds) == 1 else "")
+        confidence = float(rules["confidence"])
+        open_ = [q.label for q in inequalities if (i := q.interval(confidence)) is None or i[0] <= margin]
+        note = ("spread too large for the number of seeds" + (" (one seed: test-example spread)" if len(seeds) == 1 else "")
+                + "; undecided: " + ", ".join(open_[:3]) + (f" (+{len(open_) - 3} more)" if len(open_) > 3 else ""))
     elif len(seeds) == 1:
         note = "one seed: interval from the spread over test examples"
     return Claim(name, paper, measured, verdict, seeds, satisfied, note=note)
