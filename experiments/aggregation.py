@@ -5,6 +5,13 @@ and, last of all, ``summary.json``. A directory without ``summary.json`` (a fail
 running job) or whose CSV cannot be read is reported and skipped, never mixed in. Every output is
 rewritten whole (atomically) from the runs found, so aggregating twice gives the same files and stale
 rows never survive.
+
+Runs never mix. Each run gets a ``config_id``: a hash of its resolved config without the seed and the keys
+that do not change what it computes (:data:`NEUTRAL_KEYS`), plus the device it ran on. Runs that a study
+stacks into one row must share it (:func:`check_one_config` names the keys that differ otherwise). Two
+finished runs of the same config and seed are one measurement: the one that finished last is kept and the
+other is listed as a duplicate. Seeds that a Hydra multirun asked for (its ``multirun.yaml``) but that left no
+finished run are listed as missing.
 """
 
 from __future__ import annotations
@@ -16,23 +23,103 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+import hashlib
 
-from labelfree.io import atomic_path, save_csv, save_text
+import pandas as pd
+from omegaconf import OmegaConf
+
+from labelfree.io import atomic_path, save_csv, save_json, save_text
 from labelfree.plots import save_figure
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+#: config keys (and key prefixes) that do not change what a run computes: the seed (stacked across), where
+#: files go, how the run is logged and restarted, and which check of a study is on (each writes its own table)
+NEUTRAL_KEYS = ("seed", "paths", "logger", "skip_finished", "device", "protocol.features.enabled",
+                "protocol.examples.enabled")
 
 
 @dataclass
 class Collected:
-    """Rows stacked from complete runs (with a ``run_dir`` column), and the runs skipped with the reason."""
+    """Rows stacked from complete runs (with ``run_dir``, ``finished_at`` and ``config_id`` columns), the runs
+    skipped with the reason, duplicates dropped (dropped, kept) and each run's flattened config."""
 
     frame: pd.DataFrame
     runs: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    configs: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def record(self, expected: dict[str, list[int]] | None = None) -> dict[str, object]:
+        """What was read, for ``*_runs.json``: runs, skipped ones, duplicates and missing seeds."""
+        found = {} if self.frame.empty else {
+            str(e): sorted(int(s) for s in part["seed"].unique()) for e, part in self.frame.groupby("experiment")}
+        missing = {e: sorted(set(seeds) - set(found.get(e, []))) for e, seeds in (expected or {}).items()}
+        return {"runs": [_display_path(r) for r in self.runs],
+                "skipped": [{"run_dir": _display_path(p), "reason": why} for p, why in self.skipped],
+                "duplicates": [{"dropped": d, "kept": k} for d, k in self.duplicates],
+                "seeds": found, "missing_seeds": {e: m for e, m in missing.items() if m}}
+
+
+def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _neutral(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in NEUTRAL_KEYS)
+
+
+def run_config(run_dir: Path) -> dict[str, object]:
+    """The run's resolved config (``config.yaml``) flattened to dotted keys, without :data:`NEUTRAL_KEYS`."""
+    flat = _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    return {k: v for k, v in flat.items() if not _neutral(k)}
+
+
+def config_id(config: dict[str, object], device: object) -> str:
+    """A short hash of a flattened config and the device it ran on."""
+    payload = json.dumps({"config": config, "device": device}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def check_one_config(found: Collected, keys: Sequence[str], what: str) -> None:
+    """Refuse to stack runs of different configs into one row: within each group of ``keys`` every run must
+    share one ``config_id``; the error names the keys whose values differ."""
+    if found.frame.empty:
+        return
+    for group, part in found.frame.groupby(list(keys), sort=True):
+        ids = part.drop_duplicates("config_id")
+        if len(ids) < 2:
+            continue
+        configs = [found.configs[r] for r in ids["run_dir"]]
+        differing = sorted(k for k in set().union(*configs) if len({json.dumps(c.get(k), default=str) for c in configs}) > 1)
+        raise ValueError(
+            f"{what}: runs of {dict(zip(keys, group if isinstance(group, tuple) else (group,)))} differ in more than the "
+            f"seed ({', '.join(differing[:10]) or 'the device'}): {sorted(ids['run_dir'])}; aggregate them separately "
+            "(--runs) or remove the runs that do not belong")
+
+
+def expected_seeds(roots: Iterable[str | Path], scale: str | None) -> dict[str, list[int]]:
+    """Per experiment, the seeds the Hydra multiruns under ``roots`` asked for (``multirun.yaml``)."""
+    expected: dict[str, set[int]] = {}
+    for root in map(Path, roots):
+        for path in root.rglob("multirun.yaml"):
+            try:
+                task = list(OmegaConf.load(path).hydra.overrides.task)
+            except Exception as error:  # noqa: BLE001 - a broken file is reported, not fatal
+                log.warning("unreadable %s: %s", path, error)
+                continue
+            values = dict(item.split("=", 1) for item in task if "=" in item)
+            if scale is not None and values.get("scale", "paper") != scale or "experiment" not in values:
+                continue
+            seeds = [int(v) for v in values.get("seed", "").split(",") if v.strip().lstrip("-").isdigit()]
+            expected.setdefault(values["experiment"], set()).update(seeds)
+    return {e: sorted(s) for e, s in expected.items()}
 
 
 def find_run_dirs(roots: Iterable[str | Path], table: str) -> list[Path]:
@@ -95,12 +182,34 @@ def collect(
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
             result.skipped.append((run_dir, f"unreadable {csv.name}: {error}"))
             continue
-        frames.append(frame.assign(run_dir=_display_path(run_dir), finished_at=summary.get("finished_at")))
+        try:
+            config = run_config(run_dir)
+        except (OSError, ValueError) as error:
+            result.skipped.append((run_dir, f"unreadable config.yaml: {error}"))
+            continue
+        shown = _display_path(run_dir)
+        result.configs[shown] = config
+        frames.append(frame.assign(run_dir=shown, finished_at=summary.get("finished_at"),
+                                   config_id=config_id(config, summary.get("device"))))
         result.runs.append(run_dir)
     for run_dir, reason in result.skipped:
         log.warning("skipped %s: %s", run_dir, reason)
-    result.frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    result.frame = _deduplicate(pd.concat(frames, ignore_index=True), result) if frames else pd.DataFrame()
     return result
+
+
+def _deduplicate(frame: pd.DataFrame, result: Collected) -> pd.DataFrame:
+    """One run per (config, seed): the one that finished last (then the last folder) is kept."""
+    runs = frame.drop_duplicates("run_dir")[["run_dir", "config_id", "seed", "finished_at"]]
+    runs = runs.assign(finished_at=runs["finished_at"].fillna("")).sort_values(["finished_at", "run_dir"])
+    kept = runs.drop_duplicates(["config_id", "seed"], keep="last")
+    for row in runs[~runs["run_dir"].isin(kept["run_dir"])].itertuples(index=False):
+        winner = kept[(kept["config_id"] == row.config_id) & (kept["seed"] == row.seed)]["run_dir"].iloc[0]
+        result.duplicates.append((row.run_dir, winner))
+        log.warning("duplicate of seed %s (same config): %s dropped, %s kept (finished last)", row.seed, row.run_dir, winner)
+    dropped = {d for d, _ in result.duplicates}
+    result.runs = [r for r in result.runs if _display_path(r) not in dropped]
+    return frame[frame["run_dir"].isin(kept["run_dir"])].reset_index(drop=True)
 
 
 def mean_std(frame: pd.DataFrame, by: Sequence[str], value: str = "value", over: str = "seed") -> pd.DataFrame:
@@ -183,14 +292,27 @@ def remove_stale(out: Path, prefix: str, written: Sequence[Path],
     return stale
 
 
+def seed_list(frame: pd.DataFrame) -> str:
+    """``"1, 2, 3"``: the seeds a row of an aggregated table rests on."""
+    return ", ".join(str(int(s)) for s in sorted(frame["seed"].unique()))
+
+
 def level_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, metric), one column per level: ``mean +/- std`` across seeds."""
+    """One row per (method, metric), one column per level: ``mean +/- std`` across seeds; the number of seeds
+    and which seeds last."""
     stats = mean_std(frame, ["method", "metric", "level"])
     stats["cell"] = [format_mean_std(m, s, 3) for m, s in zip(stats["mean"], stats["std"])]
     wide = stats.pivot(index=["method", "metric"], columns="level", values="cell")
     wide.columns = [f"{level:g}" for level in wide.columns]
     seeds = stats.groupby(["method", "metric"])["n"].max()
-    return wide.assign(seeds=seeds).reset_index()
+    which = frame.groupby(["method", "metric"]).apply(seed_list, include_groups=False)
+    return wide.assign(seeds=seeds, seed_list=which).reset_index()
+
+
+def for_experiment(record: dict, experiment: str) -> dict:
+    """The part of a :meth:`Collected.record` about one experiment."""
+    return {**record, "seeds": record["seeds"].get(experiment, []),
+            "missing_seeds": record["missing_seeds"].get(experiment, [])}
 
 
 def aggregate_levels(
@@ -203,15 +325,19 @@ def aggregate_levels(
     +/- std across seeds per level) and the figure, under ``<results>/<experiment>/<scale>/``.
     """
     written: list[Path] = []
+    expected = expected_seeds(runs, scale)
     for table, plot in plots.items():
         found = collect(runs, table, scale=scale, study=study)
         if found.frame.empty:
             continue
+        check_one_config(found, ["experiment"], table)
+        record = found.record(expected)
         for experiment, part in found.frame.groupby("experiment", sort=True):
             folder = results / str(experiment) / scale
             frame = part
             seeds = sorted(int(s) for s in frame["seed"].unique())
             written.append(save_csv(frame, folder / f"{table}_runs.csv"))
+            written.append(save_json(for_experiment(record, str(experiment)), folder / f"{table}_runs.json"))
             written += write_table(level_table(frame), folder / f"{table}_table")
             title = f"{frame['dataset'].iloc[0]}: {table.replace('_', ' ')} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
             written += save_figure(plot(frame, title), folder / table)

@@ -10,6 +10,7 @@ whose results are missing is listed as "not run". One report per scale: ``<resul
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,15 +50,24 @@ def report_path(results: Path, scale: str) -> Path:
 
 
 def runs_read(results: Path, scale: str) -> pd.DataFrame:
-    """Per experiment: the seeds and the dates of the finished runs behind the aggregated tables."""
+    """Per experiment and table: the seeds and dates of the finished runs behind the aggregated tables, the
+    seeds a multirun asked for but did not produce, and duplicate runs dropped (from ``*_runs.json``)."""
     rows = []
     for path in sorted(results.glob(f"*/{scale}/*runs.csv")):
         frame = pd.read_csv(path, usecols=lambda c: c in {"experiment", "seed", "finished_at"})
+        record_path = path.with_suffix(".json")
+        record = json.loads(record_path.read_text()) if record_path.exists() else {}
         for experiment, part in frame.groupby("experiment"):
             dates = part["finished_at"].dropna().astype(str) if "finished_at" in part else pd.Series(dtype=str)
-            rows.append({"experiment": experiment, "table": path.name, "seeds": ", ".join(map(str, sorted(set(part["seed"])))),
+            missing = record.get("missing_seeds", [])
+            missing = missing.get(experiment, []) if isinstance(missing, dict) else missing
+            rows.append({"experiment": experiment, "table": path.name,
+                         "seeds": ", ".join(map(str, sorted(set(part["seed"])))),
+                         "missing seeds": ", ".join(map(str, missing)) or "-",
+                         "duplicates dropped": len(record.get("duplicates", [])),
                          "runs finished": f"{dates.min()[:10]} to {dates.max()[:10]}" if len(dates) else "-"})
-    return pd.DataFrame(rows, columns=["experiment", "table", "seeds", "runs finished"])
+    return pd.DataFrame(rows, columns=["experiment", "table", "seeds", "missing seeds", "duplicates dropped",
+                                       "runs finished"])
 
 
 def render(claims: Sequence[Claim], scale: str, runs: pd.DataFrame | None = None) -> str:

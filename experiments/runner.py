@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import container, validate_config
+from experiments.config import container
+from experiments.schema import check_config
 from experiments.studies import study_for
 from experiments.tracking import make_tracker
 from experiments.workbench import Workbench
@@ -43,8 +44,8 @@ def _finished_summary(run_dir: Path, resolved_config: str) -> dict[str, Any] | N
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run one experiment described by ``cfg`` into ``run_dir``; return the summary (also ``summary.json``)."""
     start = time.perf_counter()
-    validate_config(cfg)
     study = study_for(cfg.protocol.name)
+    check_config(cfg)  # types, ranges and every explainer, before any data is loaded or model trained
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)

@@ -27,7 +27,16 @@ from scipy import stats
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.aggregation import collect, copy_file, format_mean_std, mean_std, remove_stale, write_table
+from experiments.aggregation import (
+    check_one_config,
+    collect,
+    copy_file,
+    expected_seeds,
+    format_mean_std,
+    mean_std,
+    remove_stale,
+    write_table,
+)
 from experiments.claims import Claim, claim_from, figure_link, fmt, paired, read_table
 from experiments.explainers import build_feature_explainers
 from experiments.study import Study, StudyResult, identify
@@ -160,6 +169,7 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     frame = found.frame
     if frame.empty:
         return []
+    check_one_config(found, ["experiment", "loss", "beta"], TABLE)
     out = results / FOLDER / scale
     metrics = _metric_order(frame)
     stats = mean_std(frame, KEYS)
@@ -176,9 +186,7 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
         source = Path(part.loc[part["seed"] == seed, "run_dir"].iloc[0]) / f"{TABLE}.png"
         if source.exists():
             written.append(copy_file(source, out / f"{PREFIX}units_{dataset}_{loss}_beta{beta:g}_seed{seed}.png"))
-    written.append(save_json({"runs": [str(r) for r in found.runs],
-                              "skipped": [{"run_dir": str(p), "reason": why} for p, why in found.skipped]},
-                             out / f"{PREFIX}runs.json"))
+    written.append(save_json(found.record(expected_seeds(runs, scale)), out / f"{PREFIX}runs.json"))
     remove_stale(out, PREFIX, written)
     log.info("disvae: %d runs, %d skipped", len(found.runs), len(found.skipped))
     return written

@@ -22,14 +22,24 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.aggregation import collect, copy_file, format_mean_std, mean_std, remove_stale, write_table
+from experiments.aggregation import (
+    for_experiment,
+    check_one_config,
+    collect,
+    copy_file,
+    expected_seeds,
+    format_mean_std,
+    mean_std,
+    remove_stale,
+    write_table,
+)
 from experiments.claims import Claim, Inequality, claim_from, figure_link, fmt, mean_by, paired, read_table
 from experiments.explainers import build_example_explainers, build_feature_explainers
 from experiments.studies.consistency import class_subset
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
 from labelfree.data.subsets import random_subset
-from labelfree.io import save_csv
+from labelfree.io import save_csv, save_json
 from labelfree.modules import module_device
 from labelfree.plots import plot_pretext_correlations, plot_pretext_saliency, plot_pretext_top_examples, save_figure
 from labelfree.protocols.pretext import (
@@ -180,12 +190,15 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     written: list[Path] = []
     if found.frame.empty:
         return written
+    check_one_config(found, ["experiment"], TABLE)
+    record = found.record(expected_seeds(runs, scale))
     for experiment, part in found.frame.groupby("experiment", sort=True):
         out = results / str(experiment) / scale
         frame = part
         tasks, seeds = _tasks(frame), sorted(int(s) for s in frame["seed"].unique())
         stats = mean_std(frame, KEYS)
-        files = [save_csv(frame, out / f"{TABLE}_runs.csv"), save_csv(stats, out / f"{TABLE}_mean_std.csv")]
+        files = [save_csv(frame, out / f"{TABLE}_runs.csv"), save_csv(stats, out / f"{TABLE}_mean_std.csv"),
+                 save_json(for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json")]
         for (kind, method, metric), table in matrix_tables(stats, tasks).items():
             files += write_table(table, out / f"{PREFIX}{kind}_{method}_{metric}")
         files += write_table(pairs_table(stats, tasks), out / f"{PREFIX}pairs")

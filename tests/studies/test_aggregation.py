@@ -13,7 +13,8 @@ from experiments.aggregation import collect, format_mean_std, mean_std, to_latex
 def _run(folder, seed, value, finished=True, table="t"):
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text("seed: %d\n" % seed)
-    pd.DataFrame({"method": ["a", "b"], "level": [5, 5], "value": [value, 2 * value], "seed": [seed, seed]}).to_csv(
+    pd.DataFrame({"experiment": "e", "method": ["a", "b"], "level": [5, 5], "value": [value, 2 * value],
+                  "seed": [seed, seed]}).to_csv(
         folder / f"{table}.csv", index=False
     )
     if finished:
@@ -49,3 +50,46 @@ def test_write_table_is_idempotent(tmp_path):
     assert [p.read_bytes() for p in paths] == first
     assert "| pair | pearson | x |" in to_markdown(frame)
     assert r"a\_b & 0.50 $\pm$ 0.10 & 0.123 \\" in to_latex(frame)
+
+
+def _finished_run(folder, seed, value, finished_at, config_extra=""):
+    _run(folder, seed, value)
+    (folder / "config.yaml").write_text(f"seed: {seed}\nexperiment: e\nmodel: {{lr: 1}}\n{config_extra}")
+    (folder / "summary.json").write_text(json.dumps({"experiment": "e", "seed": seed, "finished_at": finished_at,
+                                                     "device": "cpu"}))
+
+
+def test_runs_with_different_overrides_are_refused_not_averaged(tmp_path):
+    from experiments.aggregation import check_one_config
+
+    _finished_run(tmp_path / "a" / "s1", 1, 1.0, "2026-01-01T00:00:00")
+    _finished_run(tmp_path / "b" / "s2", 2, 3e21, "2026-01-01T00:00:00", "trainer: {lr: 100.0}\n")
+    found = collect([tmp_path], "t")
+    assert found.frame["config_id"].nunique() == 2
+    with pytest.raises(ValueError, match="differ in more than the seed.*trainer.lr"):
+        check_one_config(found, ["experiment"], "t")
+
+
+def test_a_seed_measured_twice_counts_once_the_latest_run_kept(tmp_path):
+    _finished_run(tmp_path / "old" / "s1", 1, 1.0, "2026-01-01T00:00:00")
+    _finished_run(tmp_path / "new" / "s1", 1, 5.0, "2026-02-01T00:00:00")
+    _finished_run(tmp_path / "new" / "s2", 2, 3.0, "2026-02-01T00:00:00")
+    found = collect([tmp_path], "t")
+    assert sorted(found.frame["seed"]) == [1, 1, 2, 2] and found.frame["run_dir"].nunique() == 2
+    assert found.frame[found.frame["seed"] == 1]["value"].iloc[0] == 5.0
+    assert len(found.duplicates) == 1 and found.duplicates[0][0].endswith("old/s1")
+    stats = mean_std(found.frame, ["method", "level"])
+    assert stats[stats.method == "a"]["n"].iloc[0] == 2  # seeds, not rows
+
+
+def test_seeds_a_multirun_asked_for_but_did_not_produce_are_listed(tmp_path):
+    from experiments.aggregation import expected_seeds
+
+    sweep = tmp_path / "sweep"
+    _finished_run(sweep / "seed=1", 1, 1.0, "2026-01-01T00:00:00")
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task:\n    - experiment=e\n    - scale=quick\n    - seed=1,2,3\n")
+    expected = expected_seeds([tmp_path], "quick")
+    assert expected == {"e": [1, 2, 3]}
+    record = collect([tmp_path], "t").record(expected)
+    assert record["missing_seeds"] == {"e": [2, 3]} and record["seeds"] == {"e": [1]}
