@@ -390,6 +390,17 @@ class PenalisedAutoEncoder(LinearAutoEncoder):
         return super().pretext_loss(x) + self.encoder.weight.pow(2).sum()
 
 
+class ProximalAutoEncoder(LinearAutoEncoder):
+    """A proximal penalty at its centre: its gradient vanishes at the current weights, its curvature does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("centre", self.encoder.weight.detach().clone())
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        return super().pretext_loss(x) + 0.5 * (self.encoder.weight - self.centre).pow(2).sum()
+
+
 class TiedAutoEncoder(LinearAutoEncoder):
     """The decoder reuses the encoder's weight matrix (transposed)."""
 
@@ -453,6 +464,7 @@ def test_split_is_automatic_only_when_it_pays() -> None:
     ("model", "wrt", "reason"),
     [
         (PenalisedAutoEncoder(), "encoder", "depends on the parameters outside"),
+        (ProximalAutoEncoder(), "encoder", "curvature in the parameters outside"),
         (TiedAutoEncoder(), "encoder", "shares its parameters"),
         (CoupledAutoEncoder(), "encoder", "couples the examples"),
         (ConstantHessianModel(in_dim=5, out_dim=5), "encoder", "batch as first dimension"),
@@ -763,3 +775,13 @@ def test_every_config_builds_its_explainer(path: Path, checkpoints) -> None:  # 
     settings.pop("kind")
     explainer = build_example_explainer(method, mnist_autoencoder(0), checkpoints=checkpoints, seed=1, **settings)
     assert isinstance(explainer, EXAMPLE_EXPLAINERS[method])
+
+
+def test_simplex_works_in_the_encoders_dtype() -> None:
+    """A float64 encoder: SimplEx's weights live in float64 too (they were created in float32)."""
+    torch.manual_seed(0)
+    encoder = nn.Linear(5, 3).double()
+    train_x, test_x = torch.randn(8, 5, dtype=torch.double), torch.randn(2, 5, dtype=torch.double)
+    scores = SimplEx(encoder, steps=20).fit(train_x).attribute(test_x)
+    assert scores.dtype == torch.double and scores.shape == (2, 8)
+    torch.testing.assert_close(scores.sum(dim=1), torch.ones(2, dtype=torch.double))

@@ -267,12 +267,28 @@ def _output_curvature(
         if coupling > _SPLIT_CHECK_RTOL:
             return refuse(f"the head couples the examples (block-diagonal check off by {coupling:.1e} relative)")
         curvature = _OutputCurvature(args, kwargs, z0, gradient, hessian)
-        direct = _loss_flat_grad(wrapper, fixed, x, y, weights)(params)
-        mismatch = _relative_difference(_surrogate_grad(objective, curvature)(params), direct)
+        direct_grad = _loss_flat_grad(wrapper, fixed, x, y, weights)
+        surrogate_grad = _surrogate_grad(objective, curvature)
+        mismatch = _relative_difference(surrogate_grad(params), direct_grad(params))
         if mismatch > _SPLIT_CHECK_RTOL:
             return refuse(
                 f"the loss depends on the parameters outside the submodule's output (gradients differ by "
                 f"{mismatch:.1e} relative)"
+            )
+        # Equal gradients do not make equal Hessians: a penalty on theta whose gradient vanishes at the current
+        # weights (a proximal term at its centre) still has curvature. One Hessian-vector product with a random
+        # probe, surrogate against direct, checks the second derivatives themselves.
+        flat = _flatten(params)
+        probe = torch.randn(flat.shape, generator=torch.Generator().manual_seed(1), dtype=flat.dtype).to(flat.device)
+        products = []
+        for flat_grad in (surrogate_grad, direct_grad):
+            _, vjp_fn = vjp(flat_grad, params)
+            products.append(_flatten(vjp_fn(probe)[0]))
+        mismatch = _relative_difference(*products)
+        if mismatch > _SPLIT_CHECK_RTOL:
+            return refuse(
+                f"the loss has curvature in the parameters outside the submodule's output (Hessian-vector products "
+                f"differ by {mismatch:.1e} relative)"
             )
     return curvature
 

@@ -100,7 +100,8 @@ class SimplEx(_RepresentationImportance):
 
     def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
         train_reps, test_reps = self._representations(test_x)
-        logits = torch.zeros(len(test_reps), len(train_reps), device=train_reps.device, requires_grad=True)
+        logits = torch.zeros(len(test_reps), len(train_reps), device=train_reps.device, dtype=train_reps.dtype,
+                             requires_grad=True)
         optimizer = torch.optim.Adam([logits], lr=self.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.steps) if self.cosine_decay else None
         with torch.enable_grad():
