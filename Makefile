@@ -6,7 +6,11 @@ PYTHON ?= python
 SCALE ?= quick
 RUNS ?= outputs
 RESULTS ?= results
-MNIST_SEEDS ?= 1
+# the paper-scale seeds: MNIST consistency 1, 2, 3; ECG5000 and CIFAR-10 42; ROAR 1 (quick and smoke: one seed)
+MNIST_SEEDS_paper ?= 1,2,3
+MNIST_SEEDS_quick ?= 1
+MNIST_SEEDS_smoke ?= 1
+MNIST_SEEDS ?= $(MNIST_SEEDS_$(SCALE))
 ECG_SEEDS ?= 42
 CIFAR_SEEDS ?= 42
 ROAR_SEEDS ?= 1
@@ -19,68 +23,63 @@ AGGREGATE = $(PYTHON) -m experiments.aggregate --runs $(RUNS) --results $(RESULT
 sweep = $(PYTHON) run.py -m experiment=$(1) scale=$(SCALE) seed=$(2) skip_finished=true \
 	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4)
 
-.PHONY: help install test quick paper figures report consistency-features consistency-examples roar bench
+.PHONY: help install test test-all quick paper figures report consistency-features consistency-examples roar bench
 
-help:
-	@echo "make install                 pip install -e '.[dev]'"
-	@echo "make test                    the test suite (CPU, no network)"
-	@echo "make quick                   every experiment at quick scale on a CPU, then every figure, table and the report"
-	@echo "make paper                   every experiment at paper scale (a GPU is recommended; see README)"
-	@echo "make figures                 aggregate every study's runs under RUNS=$(RUNS) into RESULTS=$(RESULTS)"
-	@echo "make consistency-features    feature consistency on MNIST, ECG5000, CIFAR-10 (SCALE=$(SCALE))"
-	@echo "make consistency-examples    example consistency on MNIST, ECG5000, CIFAR-10 (SCALE=$(SCALE))"
-	@echo "make roar                    ROAR on MNIST (SCALE=$(SCALE))"
-	@echo "make bench                   explainers and metrics against lfxai (pip install -e '.[bench]'), then the paper-scale timings"
-	@echo "Seeds: MNIST_SEEDS=$(MNIST_SEEDS) ECG_SEEDS=$(ECG_SEEDS) CIFAR_SEEDS=$(CIFAR_SEEDS) ROAR_SEEDS=$(ROAR_SEEDS) (comma lists)"
+help:  ## this list (every target with its one-line description)
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F '\t' '{printf "make %-24s %s\n", $$1, $$2}'
+	@echo "Variables: SCALE=$(SCALE) RUNS=$(RUNS) RESULTS=$(RESULTS); seeds MNIST_SEEDS=$(MNIST_SEEDS) ECG_SEEDS=$(ECG_SEEDS) CIFAR_SEEDS=$(CIFAR_SEEDS) ROAR_SEEDS=$(ROAR_SEEDS) (comma lists)"
 
-install:
+install:  ## pip install -e '.[dev]'
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:
+test:  ## the fast tests: library and studies (no end-to-end runs; about a minute)
+	$(PYTHON) -m pytest -q tests/library tests/studies tests/test_architecture.py
+
+test-all:  ## every test, end-to-end smoke runs included (what CI runs; a few minutes)
 	$(PYTHON) -m pytest -q
 
-consistency-features:
+consistency-features:  ## feature consistency on MNIST, ECG5000, CIFAR-10 (SCALE)
 	$(foreach pair,$(CONSISTENCY),$(call sweep,$(word 1,$(subst :, ,$(pair))),$(word 2,$(subst :, ,$(pair))),features,protocol.examples.enabled=false) &&) true
 	$(AGGREGATE) --study consistency
 
-consistency-examples:
+consistency-examples:  ## example consistency on MNIST, ECG5000, CIFAR-10 (SCALE)
 	$(foreach pair,$(CONSISTENCY),$(call sweep,$(word 1,$(subst :, ,$(pair))),$(word 2,$(subst :, ,$(pair))),examples,protocol.features.enabled=false) &&) true
 	$(AGGREGATE) --study consistency
 
-roar:
+roar:  ## ROAR on MNIST (SCALE)
 	$(call sweep,mnist_roar,$(ROAR_SEEDS),sweep)
 	$(AGGREGATE) --study roar
 
-figures:
+figures:  ## every study's aggregation of the runs under RUNS into RESULTS (SCALE)
 	$(AGGREGATE)
 
-report:
+report:  ## the claim report of SCALE from the aggregated results (RESULTS/REPORT-<scale>.md)
 	$(PYTHON) -m experiments.report --results $(RESULTS) --scale $(SCALE)
 
 # Every experiment, then every figure, table and the claim report. Restartable: finished runs are
 # skipped and trained models come from the cache.
-quick:
+quick:  ## every experiment at quick scale on a CPU, then every figure, table and the report
 	$(MAKE) consistency-features consistency-examples roar pretext disvae SCALE=quick
 	$(MAKE) figures report SCALE=quick
 
-paper:
+paper:  ## every experiment at paper scale (a GPU is recommended; see README), then figures and report
 	$(MAKE) consistency-features consistency-examples roar pretext disvae SCALE=paper
 	$(MAKE) figures report SCALE=paper
 
-# Pretext-task sensitivity on MNIST (PAPER.md section 3, "Pretext"): the four models per seed, then the
+# Pretext-task sensitivity on MNIST (Crabbé & van der Schaar, 2022, "Pretext"): the four models per seed, then the
 # mean +/- std correlation tables and heatmaps under $(RESULTS)/mnist_pretext/$(SCALE).
 # pretext-smoke: the same at smoke scale (seconds), its tables under $(RUNS)/results instead of results/.
 PRETEXT_SEEDS ?= 1,2,3,4,5
 .PHONY: pretext pretext-smoke
 
-pretext:
+pretext:  ## pretext-task sensitivity on MNIST (PRETEXT_SEEDS)
 	$(call sweep,mnist_pretext,$(PRETEXT_SEEDS),sweep)
 	$(AGGREGATE) --study pretext
 
-pretext-smoke:
+pretext-smoke:  ## the same at smoke scale, tables under RUNS/results
 	$(MAKE) pretext SCALE=smoke RESULTS=$(RUNS)/results
 
-# Disentangled VAEs on MNIST (32x32) and dSprites (PAPER.md section 3, "VAEs"): beta-VAE and beta-TCVAE for
+# Disentangled VAEs on MNIST (32x32) and dSprites (Crabbé & van der Schaar, 2022, "VAEs"): beta-VAE and beta-TCVAE for
 # every beta and seed, then box plots of each metric against beta and the mean +/- std tables under
 # $(RESULTS)/disvae/$(SCALE). Runs go to $(RUNS)/<experiment>/$(SCALE)/sweep/<loss>/beta=<b>/seed=<s>.
 # Seeds: 5 at paper scale (the paper: at least 5 runs per (loss, beta)); 3 at quick scale (the 2-core CPU budget,
@@ -99,18 +98,18 @@ disvae_sweep = $(PYTHON) run.py -m experiment=$(1) model=$(DISVAE_MODELS) model.
 	seed=$(DISVAE_SEEDS) skip_finished=true hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/sweep \
 	'hydra.sweep.subdir="$${model.pretext}/beta=$${model.beta}/seed=$${seed}"'
 
-disvae:
+disvae:  ## disentangled VAEs on MNIST and dSprites (DISVAE_MODELS x DISVAE_BETAS x DISVAE_SEEDS)
 	$(foreach experiment,$(DISVAE_EXPERIMENTS),$(call disvae_sweep,$(experiment)) &&) true
 	$(AGGREGATE) --study disvae
 
-disvae-smoke:
+disvae-smoke:  ## the same at smoke scale, tables under RUNS/results
 	$(MAKE) disvae SCALE=smoke RESULTS=$(RUNS)/results
 
 # Explainers and metrics timed against the authors' lfxai on one workload (agreement checked), then the
 # paper-scale MNIST example check and the peak memory per model; both tables go to results/BENCHMARKS.md.
 # Needs the bench extra: pip install -e ".[bench]". About 15 minutes on a 2-core CPU.
 BENCH_DIR ?= $(RUNS)/bench
-bench:
+bench:  ## explainers and metrics against lfxai (the bench extra), then the paper-scale timings
 	mkdir -p $(BENCH_DIR)
 	$(PYTHON) scripts/bench_explainers.py --out $(BENCH_DIR)/workload.md
 	$(PYTHON) scripts/bench_explainers.py --paper-scale --out $(BENCH_DIR)/paper_scale.md

@@ -1,0 +1,35 @@
+"""The Makefile: every target is described (``make help`` lists it) and the paper defaults are the paper's seeds."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests import ROOT
+
+MAKEFILE = (ROOT / "Makefile").read_text()
+TARGETS = re.findall(r"^([a-z][a-zA-Z_-]*):(?!=)(.*)$", MAKEFILE, flags=re.MULTILINE)
+
+
+def test_every_target_has_a_description_for_make_help():
+    undescribed = [name for name, rest in TARGETS if "## " not in rest]
+    assert TARGETS and not undescribed, f"targets without '## description': {undescribed}"
+
+
+def _make_value(variable: str, scale: str) -> str:
+    out = subprocess.run(["make", "-s", "-n", "-p", f"SCALE={scale}", "help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    values = dict(re.findall(r"^(\w+) :?= (.*)$", out, flags=re.MULTILINE))
+    value = values[variable]
+    while "$(" in value:  # expand one level of $(NAME_$(SCALE)) references
+        value = re.sub(r"\$\((\w+)_\$\(SCALE\)\)", lambda m: values[f"{m.group(1)}_{scale}"], value)
+        value = re.sub(r"\$\((\w+)\)", lambda m: values.get(m.group(1), scale), value)
+    return value
+
+
+@pytest.mark.parametrize(("variable", "seeds"), [("MNIST_SEEDS", "1,2,3"), ("ECG_SEEDS", "42"), ("ROAR_SEEDS", "1"),
+                                                 ("PRETEXT_SEEDS", "1,2,3,4,5"), ("DISVAE_SEEDS", "1,2,3,4,5")])
+def test_paper_scale_seeds(variable, seeds):
+    assert _make_value(variable, "paper") == seeds
