@@ -1,4 +1,4 @@
-"""Masking baselines: what a masked feature is replaced by (PAPER.md section 2).
+"""Masking baselines: what a masked feature is replaced by (Crabbé & van der Schaar, 2022).
 
 The representation-shift metric replaces the most important features of an input by a *baseline*
 value (:func:`labelfree.metrics.mask_features`). For CIFAR-10 the paper's baseline is a

@@ -1,4 +1,4 @@
-"""Study: consistency of label-free feature and example importance (PAPER.md section 2), on MNIST,
+"""Study: consistency of label-free feature and example importance (Crabbé & van der Schaar, 2022), on MNIST,
 ECG5000 and CIFAR-10 (``protocol=consistency``)."""
 
 from __future__ import annotations

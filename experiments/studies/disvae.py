@@ -1,4 +1,4 @@
-"""Study: do the latent units of disentangled VAEs attend to distinct features? (PAPER.md sections 2-3,
+"""Study: do the latent units of disentangled VAEs attend to distinct features? (Crabbé & van der Schaar, 2022,
 "VAEs"; ``protocol=disvae``, experiments ``mnist_disvae`` and ``dsprites_disvae``).
 
 Aggregated outputs under ``<results>/disvae/<scale>/`` (both data sets together):

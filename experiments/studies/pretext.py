@@ -1,4 +1,4 @@
-"""Study: pretext-task sensitivity on MNIST (PAPER.md section 3, "Pretext"; ``protocol=pretext``).
+"""Study: pretext-task sensitivity on MNIST (Crabbé & van der Schaar, 2022, "Pretext"; ``protocol=pretext``).
 
 Aggregated outputs under ``<results>/<experiment>/<scale>/``:
 

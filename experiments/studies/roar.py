@@ -1,4 +1,4 @@
-"""Study: RemOve And Retrain on MNIST (PAPER.md section 2, appendix; ``protocol=roar``)."""
+"""Study: RemOve And Retrain on MNIST (Crabbé & van der Schaar, 2022, appendix; ``protocol=roar``)."""
 
 from __future__ import annotations
 

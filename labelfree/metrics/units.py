@@ -1,4 +1,4 @@
-"""Saliency maps of latent units (disentangled VAEs, PAPER.md section 2).
+"""Saliency maps of latent units (disentangled VAEs, Crabbé & van der Schaar, 2022).
 
 ``maps`` are per-unit saliency maps ``[n, d, *feature_shape]``: entry (i, j) is the map of latent unit
 j for example i, |mu_j(x_i) * a(mu_j, x_i)| (non-negative). Features are flattened (channels included).

@@ -1,4 +1,4 @@
-"""SimCLR's data augmentations as one batched, vectorised module (PAPER.md section 3, CIFAR-10).
+"""SimCLR's data augmentations as one batched, vectorised module (Crabbé & van der Schaar, 2022, CIFAR-10).
 
 Every image of a batch gets its own random parameters, drawn at once from the global torch RNG on
 the batch's device (seed it, e.g. through the trainer, and the same seed gives the same views); no

@@ -1,4 +1,4 @@
-"""The paper's MNIST convolutional autoencoder (PAPER.md section 3) and its pretext variants."""
+"""The paper's MNIST convolutional autoencoder (Crabbé & van der Schaar, 2022) and its pretext variants."""
 
 from __future__ import annotations
 

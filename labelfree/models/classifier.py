@@ -1,4 +1,4 @@
-"""The supervised pretext task of the pretext-sensitivity study (PAPER.md section 3, "Pretext"):
+"""The supervised pretext task of the pretext-sensitivity study (Crabbé & van der Schaar, 2022, "Pretext"):
 the same encoder as the autoencoders with a linear head, trained by cross-entropy on the labels.
 
 Only the encoder is explained, exactly like an autoencoder's: the head only defines the training task.

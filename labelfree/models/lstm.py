@@ -1,4 +1,4 @@
-"""The paper's LSTM autoencoder for ECG5000 heartbeats (PAPER.md section 3, "ECG5000").
+"""The paper's LSTM autoencoder for ECG5000 heartbeats (Crabbé & van der Schaar, 2022, "ECG5000").
 
 Encoder LSTM(1->128) then LSTM(128->64); the representation is the last hidden state of the second
 LSTM (64-d). The decoder repeats the representation over the 140 time steps and runs it through

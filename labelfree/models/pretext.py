@@ -1,4 +1,4 @@
-"""Pretext perturbations applied to the inputs during training only (PAPER.md section 3)."""
+"""Pretext perturbations applied to the inputs during training only (Crabbé & van der Schaar, 2022)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SimCLR on CIFAR-10 (PAPER.md section 3): a CIFAR ResNet-18 encoder, a projection head, NT-Xent.
+"""SimCLR on CIFAR-10 (Crabbé & van der Schaar, 2022): a CIFAR ResNet-18 encoder, a projection head, NT-Xent.
 
 The explained representation is the encoder's pooled output h = f(x), ``[n, 8 * width]`` (512 at
 the paper's width 64). The projection head g maps h to the 128-d space where the contrastive loss

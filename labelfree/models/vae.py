@@ -1,4 +1,4 @@
-"""Disentangled VAEs (PAPER.md section 3, "VAEs"): the Burgess et al. (2018) architecture with the
+"""Disentangled VAEs (Crabbé & van der Schaar, 2022, "VAEs"): the Burgess et al. (2018) architecture with the
 beta-VAE (Higgins et al., 2017) and beta-TCVAE (Chen et al., 2018) losses.
 
 Encoder: ``n_conv`` convolutions (4x4, stride 2, padding 1, 32 channels, ReLU) take an image of side
