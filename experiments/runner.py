@@ -23,6 +23,7 @@ from experiments.schema import check_config
 from experiments.studies import study_for
 from experiments.tracking import make_tracker
 from experiments.workbench import Workbench
+from labelfree.guards import check_finite
 from labelfree.io import save_csv, save_json, save_text
 from labelfree.plots import save_figure
 from labelfree.training import resolve_device
@@ -73,7 +74,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         }
         result = study.run(cfg, bench)
         for table, frame in result.tables.items():
-            save_csv(frame, run_dir / f"{table}.csv")
+            # inf never reaches a table; NaN only where the protocol documents it (checked there)
+            save_csv(check_finite(f"{table}.csv", frame, allow_nan=True), run_dir / f"{table}.csv")
             tracker.log_table(table, frame)
         for stem, figure in result.figures.items():
             tracker.log_figure(stem, save_figure(figure, run_dir / stem)[0])

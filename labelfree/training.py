@@ -4,6 +4,14 @@ Mini-batch training on in-memory tensors with the model's own pretext loss, earl
 validation split (best weights restored), checkpoints every ``checkpoint_every`` epochs recorded as
 explicit (path, learning rate) entries for TracIn, resumable after an interruption, CUDA when
 available, deterministic for a seed on a given device.
+
+Non-finite numbers stop training at once (:class:`TrainingDivergedError`, a
+:class:`~labelfree.guards.NonFiniteError`): a NaN or infinite training loss (checked every batch), validation
+loss, or parameter or buffer (e.g. BatchNorm running statistics; checked after every epoch, before the epoch's
+state is saved), so neither a resume state nor a returned model ever holds them. The resume state
+(``last.pt``) holds every random generator training draws from: Python's ``random``, NumPy's global
+generator, torch's CPU and CUDA generators and the trainer's own batch-order generator; a resume state
+that cannot be read is reported, moved aside (``last.pt.corrupt-<time>``) and training starts afresh.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from labelfree.io import load_torch, save_torch
+from labelfree.guards import NonFiniteError, nonfinite_entries
+from labelfree.io import load_torch, move_aside, save_torch
 from labelfree.models.base import PretextModel
 from labelfree.modules import eval_mode, module_device
 
@@ -31,8 +40,11 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("none", "cosine")
 
 
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class TrainingDivergedError(NonFiniteError, RuntimeError):
+    """Training produced a NaN or infinite number: the training or validation loss, or a parameter or buffer.
+
+    A :class:`~labelfree.guards.NonFiniteError` (a ``ValueError``) and, as before, a ``RuntimeError``.
+    """
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,43 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """Every random generator's state as tensors, numbers and lists (loadable with ``weights_only=True``):
+    Python's ``random``, NumPy's global generator, torch's CPU generator, every CUDA generator when CUDA is
+    available, and ``generator`` (e.g. the trainer's batch-order generator) when given."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` saved (the CUDA generators only when CUDA is available and their count matches)."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss_next"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+        else:
+            log.warning("resume state holds %d CUDA generator states but %d devices are visible: CUDA generators not restored",
+                        len(cuda), torch.cuda.device_count())
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"].cpu())
 
 
 def _make_optimizer(model: PretextModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -172,19 +221,34 @@ def train(
     state_path = ckpt_dir / "last.pt" if ckpt_dir is not None else None
 
     if state_path is not None and state_path.exists():
-        state = load_torch(state_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        best_state = state["best_model"]
-        result.history = state["history"]
-        result.best_epoch, result.best_val_loss = state["best_epoch"], state["best_val_loss"]
-        result.checkpoints = [Checkpoint(Path(p), lr) for p, lr in zip(state["checkpoint_paths"], state["checkpoint_lrs"])]
-        stale, start_epoch = state["stale"], state["epoch"] + 1
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["generator"])
-        log.info("resuming training from epoch %d (%s)", start_epoch, state_path)
+        try:
+            state = load_torch(state_path, map_location=device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            resumed_best = state["best_model"]
+            history = state["history"]
+            best_epoch, best_val_loss = state["best_epoch"], state["best_val_loss"]
+            checkpoints = [Checkpoint(Path(p), lr) for p, lr in zip(state["checkpoint_paths"], state["checkpoint_lrs"])]
+            stale, start_epoch = state["stale"], state["epoch"] + 1
+            set_rng_state(state["rng"], generator)
+        except Exception as exc:  # truncated or foreign file: torch raises RuntimeError, EOFError, pickle errors, KeyError...
+            moved = move_aside(state_path)
+            log.warning("cannot resume from %s (%s: %s); moved it to %s and training from the start",
+                        state_path, type(exc).__name__, exc, moved.name)
+            # nothing of the unreadable state may survive: start exactly as a fresh run does
+            model.load_state_dict(best_state)
+            seed_everything(seed)
+            generator.manual_seed(seed)
+            optimizer = _make_optimizer(model, config)
+            scheduler = _make_scheduler(optimizer, config)
+            start_epoch, stale = 1, 0
+        else:
+            best_state = resumed_best
+            result.history, result.best_epoch, result.best_val_loss = history, best_epoch, best_val_loss
+            result.checkpoints = checkpoints
+            log.info("resuming training from epoch %d (%s)", start_epoch, state_path)
 
     progress = tqdm(range(start_epoch, config.epochs + 1), desc=f"train {type(model).__name__}", leave=False)
     for epoch in progress:
@@ -210,6 +274,17 @@ def train(
         if scheduler is not None:
             scheduler.step()
         val_loss = evaluate(model, val_x, val_y, config.eval_batch_size, perturb=True)
+        broken = nonfinite_entries(model.state_dict())
+        if broken:
+            raise TrainingDivergedError(
+                f"{type(model).__name__}: non-finite parameters or buffers after epoch {epoch} (lr={lr}): "
+                f"{', '.join(broken[:5])}{', ...' if len(broken) > 5 else ''}; lower trainer.lr or check the inputs"
+            )
+        if not math.isfinite(val_loss):
+            raise TrainingDivergedError(
+                f"{type(model).__name__}: validation loss became {val_loss} at epoch {epoch} (lr={lr}); "
+                "lower trainer.lr or check the validation inputs for NaN/inf values"
+            )
         result.history.append({"epoch": epoch, "lr": lr, "train_loss": running / seen, "val_loss": val_loss})
         if val_loss < result.best_val_loss:
             result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
@@ -234,8 +309,7 @@ def train(
                     "checkpoint_lrs": [c.learning_rate for c in result.checkpoints],
                     "stale": stale,
                     "epoch": epoch,
-                    "torch_rng": torch.get_rng_state(),
-                    "generator": generator.get_state(),
+                    "rng": rng_state(generator),
                 },
                 state_path,
             )

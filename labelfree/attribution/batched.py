@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from labelfree.data.splits import Baseline, baseline_like
+from labelfree.guards import check_finite
 
 __all__ = ["BatchedAttribution", "attribute_features"]
 
@@ -65,7 +66,9 @@ class BatchedAttribution:
         """Yield ``(x_batch, attributions)`` on ``device`` for consecutive batches of ``x [n, *input_shape]``."""
         for idx in tqdm(torch.arange(len(x)).split(int(self.batch_size)), desc=desc, leave=False):
             xb = x[idx].to(self.device)
-            yield xb, attribute_features(self.explainer, xb, self.baseline, self.attribute_kwargs, units=self.units)
+            attributions = attribute_features(self.explainer, xb, self.baseline, self.attribute_kwargs, units=self.units)
+            yield xb, check_finite(f"attributions by {type(getattr(self.explainer, 'method', self.explainer)).__name__} "
+                                   f"(inputs {int(idx[0])}..{int(idx[-1])})", attributions)
 
     def all(self, x: Tensor, absolute: bool = False, desc: str = "attributions") -> Tensor:
         """Attributions of every input of ``x``, on the CPU (``absolute``: their magnitude)."""

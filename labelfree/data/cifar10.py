@@ -47,6 +47,7 @@ __all__ = [
     "CIFAR10_NPZ",
     "CIFAR10_NPZ_SUBDIR",
     "CIFAR10_PYTHON_SUBDIR",
+    "cifar10_files",
     "load_cifar10",
     "read_cifar_batch",
     "read_cifar_npz",
@@ -211,6 +212,12 @@ def _find_sources(data_dir: Path, train: bool) -> tuple[str, list[Path]] | None:
     if npz.is_file():
         return "npz", [npz]
     return None
+
+
+def cifar10_files(data_dir: str | Path, train: bool) -> list[Path]:
+    """The files :func:`load_cifar10` reads from ``data_dir`` for one split (empty when neither form is present)."""
+    found = _find_sources(Path(data_dir).expanduser(), bool(train))
+    return [] if found is None else list(found[1])
 
 
 def _missing_message(data_dir: Path, train: bool, extra: str = "") -> str:

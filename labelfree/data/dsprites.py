@@ -131,6 +131,12 @@ def _parse(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             raise ValueError(
                 f"Corrupted dSprites file {path}: {name} has shape {array.shape}, expected ({len(imgs)}, {n_factors})."
             )
+    for name, array in (("imgs", imgs), ("latents_values", values)):
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            rows = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+            raise ValueError(
+                f"Corrupted dSprites file {path}: {name} holds NaN or infinite values (rows {rows[:5].tolist()}, 0-based)."
+            )
     logger.info("read dSprites %s (%d images) in %.2fs", path, len(imgs), time.perf_counter() - start)
     return imgs, classes, values
 

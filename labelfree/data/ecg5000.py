@@ -45,6 +45,7 @@ __all__ = [
     "NORMAL_CLASS",
     "binary_labels",
     "ecg5000_dir",
+    "ecg5000_files",
     "example_split",
     "feature_split",
     "load_ecg5000",
@@ -86,6 +87,12 @@ def _locate(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def ecg5000_files(data_dir: str | Path) -> list[Path]:
+    """The files :func:`load_ecg5000` reads from ``data_dir`` (the TRAIN file, then the TEST file; those present)."""
+    folder = ecg5000_dir(data_dir)
+    return [path for path in (_locate(folder, stem) for stem in ECG_SPLITS) if path is not None]
+
+
 # ----------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +128,7 @@ def read_ucr_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
         ValueError: the file cannot be parsed, rows differ in length, a row does not have
-            141 columns (label + 140 time steps), a value is NaN, or a label is not in 1..5.
+            141 columns (label + 140 time steps), a value is NaN or infinite, or a label is not in 1..5.
     """
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
@@ -144,9 +151,11 @@ def read_ucr_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"Malformed ECG5000 file {path}: rows have {table.shape[1]} columns, expected {expected} "
             f"(the label and {ECG_LENGTH} time steps)."
         )
-    if np.isnan(table).any():
-        rows = np.flatnonzero(np.isnan(table).any(axis=1))
-        raise ValueError(f"Malformed ECG5000 file {path}: NaN values in rows {rows[:5].tolist()} (0-based).")
+    if not np.isfinite(table).all():
+        bad = ~np.isfinite(table)
+        rows = np.flatnonzero(bad.any(axis=1))
+        kinds = " and ".join(kind for kind, mask in (("NaN", np.isnan(table)), ("infinite", np.isinf(table))) if mask.any())
+        raise ValueError(f"Malformed ECG5000 file {path}: {kinds} values in rows {rows[:5].tolist()} (0-based).")
     labels = table[:, 0]
     bad = ~np.isin(labels, ECG_CLASSES)
     if bad.any():

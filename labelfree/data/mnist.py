@@ -32,6 +32,7 @@ __all__ = [
     "MNIST_N",
     "MNIST_SUBDIR",
     "load_mnist",
+    "mnist_files",
     "mnist_raw_dir",
     "read_idx",
 ]
@@ -66,6 +67,12 @@ def _locate(raw_dir: Path, name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def mnist_files(data_dir: str | Path, train: bool) -> list[Path]:
+    """The files :func:`load_mnist` reads from ``data_dir`` for one split (images, then labels; those present)."""
+    raw_dir = mnist_raw_dir(data_dir)
+    return [path for path in (_locate(raw_dir, name) for name in MNIST_FILES[bool(train)]) if path is not None]
 
 
 def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:

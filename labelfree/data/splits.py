@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from labelfree.baselines import gaussian_blur
-from labelfree.data.cifar10 import load_cifar10
+from labelfree.data.cifar10 import cifar10_files, load_cifar10
 from labelfree.data.dsprites import DSPRITES_URL, load_dsprites
-from labelfree.data.ecg5000 import example_split, feature_split, load_ecg5000
-from labelfree.data.mnist import load_mnist
+from labelfree.data.ecg5000 import ecg5000_files, example_split, feature_split, load_ecg5000
+from labelfree.data.mnist import load_mnist, mnist_files
 from labelfree.data.subsets import balanced_subset, train_val_split
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class DataSplits:
     over when features are ranked (1 for images, -1 for the channels of a time series). ``variant``
     names the split, so that two checks that need differently trained models (ECG5000) never share
     a cached model. ``y`` holds the labels used for scoring (ECG5000: 0 normal, 1 abnormal).
+    ``files`` are the data files the splits were read from (what a model cache fingerprints).
     """
 
     name: str
@@ -54,6 +55,7 @@ class DataSplits:
     test_y: Tensor
     baseline: Baseline
     channel_dim: int | None
+    files: tuple[Path, ...] = ()
 
 
 def _subset(x: Tensor, y: Tensor, per_class: int | None, seed: int) -> tuple[Tensor, Tensor]:
@@ -86,7 +88,8 @@ def make_baseline(spec: Any, train_x: Tensor) -> Baseline:
 
 
 def _train_val(
-    name: str, config: Mapping[str, Any], seed: int, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
+    name: str, config: Mapping[str, Any], seed: int, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
+    files: tuple[Path, ...] = (),
 ) -> DataSplits:
     """Class-balanced subsets (when configured), a validation split carved from the training set."""
     train_x, train_y = _subset(*train, config.get("train_per_class"), seed)
@@ -104,6 +107,7 @@ def _train_val(
         test_y=test_y,
         baseline=make_baseline(config["baseline"], train_x[fit_idx]),
         channel_dim=config.get("channel_dim"),
+        files=files,
     )
 
 
@@ -116,7 +120,8 @@ def build_mnist(config: Mapping[str, Any], data_dir: Path, seed: int, purpose: s
     if size is not None and int(size) != train[0].shape[-1]:
         resize = partial(torch.nn.functional.interpolate, size=(int(size), int(size)), mode="bilinear", align_corners=False)
         train, test = (resize(train[0]).clamp(0, 1), train[1]), (resize(test[0]).clamp(0, 1), test[1])
-    return _train_val(str(config["name"]), config, seed, train, test)
+    files = (*mnist_files(data_dir, train=True), *mnist_files(data_dir, train=False))
+    return _train_val(str(config["name"]), config, seed, train, test, files)
 
 
 def build_cifar10(config: Mapping[str, Any], data_dir: Path, seed: int, purpose: str) -> DataSplits:
@@ -124,7 +129,8 @@ def build_cifar10(config: Mapping[str, Any], data_dir: Path, seed: int, purpose:
     download = bool(config.get("download", False))
     train = load_cifar10(data_dir, train=True, download=download)
     test = load_cifar10(data_dir, train=False, download=download)
-    return _train_val("cifar10", config, seed, train, test)
+    files = (*cifar10_files(data_dir, train=True), *cifar10_files(data_dir, train=False))
+    return _train_val("cifar10", config, seed, train, test, files)
 
 
 def build_ecg5000(config: Mapping[str, Any], data_dir: Path, seed: int, purpose: str) -> DataSplits:
@@ -158,6 +164,7 @@ def build_ecg5000(config: Mapping[str, Any], data_dir: Path, seed: int, purpose:
         test_y=split["test_y"],
         baseline=make_baseline(config["baseline"], split["train_x"]),
         channel_dim=config.get("channel_dim"),
+        files=tuple(ecg5000_files(data_dir)),
     )
 
 
@@ -188,6 +195,7 @@ def build_dsprites(config: Mapping[str, Any], data_dir: Path, seed: int, purpose
         test_y=y[test_idx],
         baseline=make_baseline(config["baseline"], x[fit_idx]),
         channel_dim=config.get("channel_dim"),
+        files=(sprites.source,),
     )
 
 

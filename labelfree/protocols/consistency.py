@@ -1,4 +1,4 @@
-"""Protocol: consistency of label-free feature and example importance (PAPER.md section 2).
+"""Protocol: consistency of label-free feature and example importance (Crabbé & van der Schaar, 2022).
 
 * Features: mask the top p% features of each test input (ranked by |attribution| summed over channels)
   with a baseline and measure the representation shift ||f(x) - f(x_masked)||^2. A faithful explainer
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from labelfree.attribution.batched import BatchedAttribution
 from labelfree.attribution.examples import ExampleImportance
 from labelfree.data.splits import Baseline, baseline_like
+from labelfree.guards import check_finite
 from labelfree.metrics import (
     mask_features,
     percent_to_count,
@@ -82,8 +83,8 @@ def consistency_features(
                 shift = representation_shift(encoder, x, mask_features(x, mask, base))
                 shifts.setdefault((name, float(p)), []).append(shift.cpu())
         log.info("features %s done", name)
-    return pd.DataFrame([tidy_row(name, p, "representation_shift", torch.cat(parts))
-                         for (name, p), parts in shifts.items()])
+    return check_finite("consistency_features", pd.DataFrame([tidy_row(name, p, "representation_shift", torch.cat(parts))
+                                                             for (name, p), parts in shifts.items()]))
 
 
 def consistency_examples(
@@ -108,10 +109,10 @@ def consistency_examples(
     for name, explainer in explainers.items():
         start = time.perf_counter()
         explainer.fit(train_x, train_y if fit_labels else None)
-        scores = explainer.attribute(test_x, test_y if fit_labels else None)
+        scores = check_finite(f"example importance by {name}", explainer.attribute(test_x, test_y if fit_labels else None))
         seconds[name] = time.perf_counter() - start
         log.info("examples %s: %.1f s", name, seconds[name])
         curves_most, curves_least = similarity_rate_curves(scores, test_y, train_y, counts)
         for m_percent, most, least in zip(percents, curves_most, curves_least):
             rows += [tidy_row(name, m_percent, "similarity_most", most), tidy_row(name, m_percent, "similarity_least", least)]
-    return pd.DataFrame(rows), seconds
+    return check_finite("consistency_examples", pd.DataFrame(rows)), seconds

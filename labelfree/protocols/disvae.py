@@ -1,4 +1,4 @@
-"""Protocol: do the latent units of disentangled VAEs attend to distinct features? (PAPER.md sections 2-3, "VAEs")
+"""Protocol: do the latent units of disentangled VAEs attend to distinct features? (Crabbé & van der Schaar, 2022, "VAEs")
 
 A beta-VAE or beta-TCVAE is explained one latent unit at a time: the saliency map of unit j for an input x is
 ``S_j(x) = |mu_j(x) * a(mu_j, x)|`` with a = label-free Gradient Shap on the posterior mean mu_j and a black
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from labelfree.attribution.batched import BatchedAttribution
 from labelfree.data.splits import Baseline
+from labelfree.guards import check_finite
 from labelfree.metrics import (
     active_units,
     pooled_unit_correlation,
@@ -192,4 +193,5 @@ def disvae_unit_maps(
     collapsed = int((kl < float(collapse_kl)).sum())
     frame = pd.concat([frame, pd.DataFrame([{"metric": "collapsed_units", "value": float(collapsed), "std": math.nan,
                                              "n": len(kl)}])], ignore_index=True)
-    return frame, kl, torch.cat(shown) if shown else torch.zeros(0)
+    # std is NaN for pooled metrics and counts, value NaN for a metric with no salient pixel (disvae_metrics)
+    return check_finite("disvae", frame, allow_nan=("value", "std")), kl, torch.cat(shown) if shown else torch.zeros(0)

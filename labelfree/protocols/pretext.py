@@ -1,4 +1,4 @@
-"""Protocol: pretext-task sensitivity (PAPER.md section 3, "Pretext").
+"""Protocol: pretext-task sensitivity (Crabbé & van der Schaar, 2022, "Pretext").
 
 Encoders of one architecture trained on different pretext tasks (reconstruction, denoising, inpainting,
 classification) are explained label-free on the same inputs; the explanations of every pair of tasks are
@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from labelfree.attribution.batched import BatchedAttribution
 from labelfree.attribution.examples import ExampleImportance
 from labelfree.data.splits import Baseline
+from labelfree.guards import check_finite
 from labelfree.metrics import pearson_matrix, spearman_matrix
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ def pretext_correlations(feature_importance: Explanations, example_importance: E
               for method, by_task in explanations.items()]
     if not frames:
         raise ValueError("pretext_correlations needs at least one feature or example explainer")
-    return pd.concat(frames, ignore_index=True)
+    # level is NaN by design; a constant explanation gives NaN correlations (correlation_table)
+    return check_finite("pretext_correlations", pd.concat(frames, ignore_index=True), allow_nan=("level", "value"))
 
 
 def off_diagonal_means(frame: pd.DataFrame) -> pd.DataFrame:
@@ -139,7 +141,8 @@ def task_example_importances(
         labels = bool((uses_labels or {}).get(task, False))
         for method, explainer in by_method.items():
             explainer.fit(train_x, train_y if labels else None)
-            out.setdefault(method, {})[task] = explainer.attribute(test_x, test_y if labels else None)
+            out.setdefault(method, {})[task] = check_finite(f"example importance by {method} for {task}",
+                                                            explainer.attribute(test_x, test_y if labels else None))
     return out
 
 

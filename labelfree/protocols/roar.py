@@ -1,4 +1,4 @@
-"""Protocol: RemOve And Retrain (ROAR; PAPER.md section 2, appendix).
+"""Protocol: RemOve And Retrain (ROAR; Crabbé & van der Schaar, 2022, appendix).
 
 Rank the pixels of every *training* image by a label-free feature importance, remove (replace by the
 baseline) the top k% of them, retrain the model from the same initial weights on the degraded images,
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from labelfree.attribution.batched import BatchedAttribution
 from labelfree.data.splits import Baseline, baseline_like
+from labelfree.guards import check_finite
 from labelfree.metrics import mask_features, percent_to_fraction, top_feature_mask
 from labelfree.models.base import PretextModel
 from labelfree.modules import module_device
@@ -112,4 +113,4 @@ def roar(
             mean, std, n = retrain(key, fit_x, check_x)
             log.info("ROAR %s at %g%%: test loss %.5g (%.1f s)", method, p, mean, time.perf_counter() - start)
             rows.append({"method": method, "level": p, "metric": "test_loss", "value": mean, "std": std, "n": n})
-    return pd.DataFrame(rows)
+    return check_finite("roar", pd.DataFrame(rows))

@@ -52,4 +52,13 @@ def test_slurm_launcher_config_composes():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "SlurmLauncher" in done.stdout and "gpus_per_node: 1" in done.stdout
+    # no GPU unless asked; a timed-out job is requeued and resumes from checkpoints/last.pt
+    assert "SlurmLauncher" in done.stdout and "gpus_per_node: null" in done.stdout
+    assert "max_num_timeout: 3" in done.stdout
+    asked = subprocess.run(
+        [sys.executable, "run.py", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1", "--cfg", "hydra",
+         "--package", "hydra.launcher"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    assert "gpus_per_node: 1" in asked.stdout

@@ -2,9 +2,12 @@
 and its defaults (one home: configs/trainer/default.yaml equals TrainConfig)."""
 
 import dataclasses
+import random
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 from omegaconf import OmegaConf
 
 from labelfree.io import load_torch
@@ -71,6 +74,33 @@ def test_resume_after_interruption_gives_same_weights(tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     for key, value in full.state_dict().items():
         torch.testing.assert_close(value, resumed.state_dict()[key])
+
+
+class DrawsEverywhere(nn.Module):
+    """Noise whose scale is drawn from Python's random, NumPy and torch: a resume must restore all three."""
+
+    def forward(self, x):
+        scale = 0.1 + 0.1 * random.random() + 0.1 * float(np.random.rand())
+        return x + scale * torch.randn_like(x)
+
+
+def test_resume_restores_python_and_numpy_generators(tmp_path):
+    train_x, val_x = small_data()
+    config = TrainConfig(epochs=4, batch_size=32, checkpoint_every=1)
+    full = make_model(DrawsEverywhere())
+    train(full, train_x, val_x, config, seed=3, checkpoint_dir=tmp_path / "a")
+    after_full = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state())
+    part = make_model(DrawsEverywhere())
+    train(part, train_x, val_x, TrainConfig(epochs=2, batch_size=32, checkpoint_every=1), seed=3, checkpoint_dir=tmp_path / "b")
+    random.seed(123)
+    np.random.seed(123)
+    resumed = make_model(DrawsEverywhere(), seed=99)
+    result = train(resumed, train_x, val_x, config, seed=3, checkpoint_dir=tmp_path / "b")
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(value, resumed.state_dict()[key])
+    assert random.getstate() == after_full[0] and np.random.get_state()[1].tolist() == after_full[1]
+    assert torch.equal(torch.get_rng_state(), after_full[2])
 
 
 def test_nan_loss_stops_with_clear_message():
