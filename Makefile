@@ -17,13 +17,15 @@ ROAR_SEEDS ?= 1
 CONSISTENCY := mnist_consistency:$(MNIST_SEEDS) ecg5000_consistency:$(ECG_SEEDS) cifar10_consistency:$(CIFAR_SEEDS)
 
 # every registered study's aggregation (experiments/studies), or one: $(AGGREGATE) --study NAME
-AGGREGATE = $(PYTHON) -m experiments.aggregate --runs $(RUNS) --results $(RESULTS) --scale $(SCALE)
+# the runs read: this machine's (RUNS) and those kept in the repository (KEPT_RUNS, `make keep`)
+KEPT_RUNS ?= $(RESULTS)/runs
+AGGREGATE = $(PYTHON) -m experiments.aggregate --runs $(RUNS) $(KEPT_RUNS) --results $(RESULTS) --scale $(SCALE)
 
 # $(call sweep,experiment,seeds,subfolder,extra overrides)
 sweep = $(PYTHON) run.py -m experiment=$(1) scale=$(SCALE) seed=$(2) skip_finished=true \
 	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4)
 
-.PHONY: help install test test-all quick paper figures report consistency-features consistency-examples roar bench
+.PHONY: help install test test-all keep quick paper figures report consistency-features consistency-examples roar bench
 
 help:  ## this list (every target with its one-line description)
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F '\t' '{printf "make %-24s %s\n", $$1, $$2}'
@@ -49,6 +51,9 @@ consistency-examples:  ## example consistency on MNIST, ECG5000, CIFAR-10 (SCALE
 roar:  ## ROAR on MNIST (SCALE)
 	$(call sweep,mnist_roar,$(ROAR_SEEDS),sweep)
 	$(AGGREGATE) --study roar
+
+keep:  ## copy every finished run's small outputs (tables, config, summary, figures; no weights) from RUNS to KEPT_RUNS
+	$(PYTHON) -m experiments.keep --runs $(RUNS) --to $(KEPT_RUNS)
 
 figures:  ## every study's aggregation of the runs under RUNS into RESULTS (SCALE)
 	$(AGGREGATE)

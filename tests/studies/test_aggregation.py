@@ -93,3 +93,20 @@ def test_seeds_a_multirun_asked_for_but_did_not_produce_are_listed(tmp_path):
     assert expected == {"e": [1, 2, 3]}
     record = collect([tmp_path], "t").record(expected)
     assert record["missing_seeds"] == {"e": [2, 3]} and record["seeds"] == {"e": [1]}
+
+
+def test_keep_copies_small_outputs_of_finished_runs_only(tmp_path):
+    from experiments.keep import keep
+
+    runs = tmp_path / "outputs"
+    _finished_run(runs / "e" / "quick" / "seed=1", 1, 1.0, "2026-01-01T00:00:00")
+    _run(runs / "e" / "quick" / "seed=2", 2, 1.0, finished=False)
+    (runs / "e" / "quick" / "seed=1" / "model.pt").write_bytes(b"weights")
+    (runs / "e" / "quick" / "multirun.yaml").write_text("hydra: {}\n")
+    kept = tmp_path / "results" / "runs"
+    written = keep(runs, kept)
+    names = {p.relative_to(kept).as_posix() for p in written}
+    assert names == {"e/quick/multirun.yaml", "e/quick/seed=1/t.csv", "e/quick/seed=1/config.yaml",
+                     "e/quick/seed=1/summary.json"}
+    assert keep(runs, kept) == []  # nothing changed, nothing copied
+    assert sorted(collect([kept], "t").frame["seed"].unique()) == [1]
