@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 #: config keys (and key prefixes) that do not change what a run computes: the seed (stacked across), where
 #: files go, how the run is logged and restarted, and which check of a study is on (each writes its own table)
-NEUTRAL_KEYS = ("seed", "paths", "logger", "skip_finished", "device", "protocol.features.enabled",
+NEUTRAL_KEYS = ("seed", "paths", "logger", "skip_finished", "progress", "device", "protocol.features.enabled",
                 "protocol.examples.enabled")
 
 

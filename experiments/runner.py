@@ -7,8 +7,10 @@ and a run directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import warnings
 import platform
 import time
 from datetime import datetime, timezone
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from experiments.config import container
 from experiments.schema import check_config
@@ -29,6 +32,26 @@ from labelfree.plots import save_figure
 from labelfree.training import resolve_device
 
 log = logging.getLogger(__name__)
+
+HISTORY = "training_history.csv"  # every model's per-epoch losses (also in the model cache's train.json)
+#: third-party warnings that tell a user of the runner nothing: Captum enables input gradients itself
+QUIET_WARNINGS = (r"Input Tensor \d+ did not already require gradients",)
+
+
+def quiet(progress: bool) -> None:
+    """Progress bars on or off (``progress`` in the config; off suits logs that are not a terminal), and the
+    third-party warnings of :data:`QUIET_WARNINGS` filtered.
+
+    tqdm reads its ``TQDM_DISABLE`` override when it is imported, before any config is composed, so the switch
+    sets the default of ``disable`` on tqdm's class itself (every bar of the library is a ``tqdm.auto.tqdm``).
+    """
+    init = _TQDM_INIT.setdefault("init", tqdm.__init__)
+    tqdm.__init__ = init if progress else functools.partialmethod(init, disable=True)
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+_TQDM_INIT: dict[str, Any] = {}
 
 
 def _finished_summary(run_dir: Path, resolved_config: str) -> dict[str, Any] | None:
@@ -46,6 +69,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run one experiment described by ``cfg`` into ``run_dir``; return the summary (also ``summary.json``)."""
     start = time.perf_counter()
     study = study_for(cfg.protocol.name)
+    quiet(bool(cfg.get("progress", True)))
     check_config(cfg)  # types, ranges and every explainer, before any data is loaded or model trained
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +79,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         log.info("already finished with the same config, skipped: %s", run_dir)
         return finished
     # a rerun is unfinished until it writes a new summary, and none of an earlier run's outputs survive it
-    for name in ("summary.json", *study.outputs()):
+    for name in ("summary.json", HISTORY, *study.outputs()):
         (run_dir / name).unlink(missing_ok=True)
     save_text(resolved, run_dir / "config.yaml")
     bench = Workbench(cfg)
@@ -80,6 +104,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         for stem, figure in result.figures.items():
             tracker.log_figure(stem, save_figure(figure, run_dir / stem)[0])
         summary.update(result.summary)
+        history = bench.training_history()
+        if not history.empty:
+            save_csv(history, run_dir / HISTORY)
+            tracker.log_history(history)
         summary["training"] = bench.training_summary()
         summary["model_cached"] = all(t["model_cached"] for t in summary["training"].values())
         summary["wall_seconds"] = time.perf_counter() - start

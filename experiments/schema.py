@@ -90,6 +90,8 @@ _FRACTION = Rule("float", low=0, high=1, high_open=True)
 #: dotted key -> what it accepts; keys a config does not hold are skipped (each study reads its own)
 SCHEMA: dict[str, Rule] = {
     "seed": _int(0),
+    "progress": Rule("bool"),
+    "skip_finished": Rule("bool"),
     "trainer.epochs": _int(),
     "trainer.batch_size": _int(),
     "trainer.lr": Rule("float", low=0, low_open=True),

@@ -23,6 +23,9 @@ class CSVTracker:
     def log_figure(self, name: str, path: Path) -> None:
         """Figures are written by the runner; nothing to do."""
 
+    def log_history(self, history: pd.DataFrame) -> None:
+        """The per-epoch history is written by the runner (``training_history.csv``); nothing to do."""
+
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         """The summary is written by the runner; nothing to do."""
 
@@ -61,6 +64,13 @@ class WandbTracker(CSVTracker):
 
     def log_figure(self, name: str, path: Path) -> None:
         self.run.log({name: self._wandb.Image(str(path))})
+
+    def log_history(self, history: pd.DataFrame) -> None:
+        """Loss curves: one W&B line per model and loss against the epoch."""
+        for model, part in history.groupby("model", sort=False):
+            for row in part.itertuples(index=False):
+                self.run.log({f"train/{model}/{k}": getattr(row, k) for k in ("train_loss", "val_loss", "lr")
+                              if hasattr(row, k)} | {f"train/{model}/epoch": row.epoch})
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
         flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from experiments.cache import train_or_load
@@ -55,6 +56,12 @@ class Workbench:
             model, checkpoints, info = train_or_load(self.cfg, data, model_cfg, trainer_cfg)
             self._trained[name] = Trained(data, model, checkpoints, info)
         return self._trained[name]
+
+    def training_history(self) -> "pd.DataFrame":
+        """Every model's per-epoch history (epoch, lr, train_loss, val_loss), one ``model`` column per split variant."""
+        frames = [pd.DataFrame(t.info["history"]).assign(model=variant) for variant, t in self._trained.items()
+                  if t.info.get("history")]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def training_summary(self) -> dict[str, Any]:
         """Per split variant: whether the model came from the cache, epochs, best epoch and loss, seconds."""

@@ -93,3 +93,11 @@ def test_finished_run_is_skipped_only_when_asked_and_config_matches(compose_conf
                                  "protocol.features.percents=[5,100]"), run_dir)
     assert changed["wall_seconds"] != first["wall_seconds"]
     assert set(pd.read_csv(run_dir / "consistency_features.csv")["level"]) == {5.0, 100.0}
+
+
+def test_history_is_written_and_progress_bars_can_be_switched_off(compose_config, tmp_path, capsys):
+    cfg = compose_config("experiment=mnist_roar", "scale=smoke", "progress=false")
+    run(cfg, tmp_path / "run")
+    history = pd.read_csv(tmp_path / "run" / "training_history.csv")
+    assert {"epoch", "train_loss", "val_loss", "model"} <= set(history.columns) and len(history) == cfg.trainer.epochs
+    assert "it/s" not in capsys.readouterr().err
