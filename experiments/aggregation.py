@@ -29,11 +29,15 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from labelfree.io import atomic_path, save_csv, save_json, save_text
-from labelfree.plots import save_figure
+from labelfree.plots import dataset_label, save_figure
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
+#: tables' names in words, for figure titles
+TITLES = {"consistency_features": "consistency of feature importance",
+          "consistency_examples": "consistency of example importance",
+          "roar": "retraining without the most important pixels (ROAR)"}
 #: config keys (and key prefixes) that do not change what a run computes: the seed (stacked across), where
 #: files go, how the run is logged and restarted, and which check of a study is on (each writes its own table)
 NEUTRAL_KEYS = ("seed", "paths", "logger", "skip_finished", "progress", "device", "protocol.features.enabled",
@@ -259,19 +263,22 @@ def to_latex(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(frame: pd.DataFrame, stem: str | Path, digits: int = 3) -> list[Path]:
-    """Write ``frame`` as ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex`` (atomically); return the paths."""
+def write_table(frame: pd.DataFrame, stem: str | Path, digits: int = 3, display: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``frame`` as ``<stem>.csv`` and ``display`` (default: ``frame``) as ``<stem>.md`` and ``<stem>.tex``
+    (atomically); return the paths. The CSV is for programs (numbers), the others for people (formatted cells)."""
     stem = Path(stem)
+    shown = frame if display is None else display
     return [
         save_csv(frame, stem.with_suffix(".csv")),
-        save_text(to_markdown(frame, digits), stem.with_suffix(".md")),
-        save_text(to_latex(frame, digits), stem.with_suffix(".tex")),
+        save_text(to_markdown(shown, digits), stem.with_suffix(".md")),
+        save_text(to_latex(shown, digits), stem.with_suffix(".tex")),
     ]
 
 
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
-    """``"0.61 +/- 0.04"``: a table cell of a mean and standard deviation across seeds."""
-    return f"{mean:.{digits}f} +/- {std:.{digits}f}"
+    """``"0.61 +/- 0.040"``, ``"2.24e-04 +/- 4.5e-05"``: a table cell of a mean and a standard deviation across
+    seeds, each with ``digits`` significant digits (trailing zeros kept), so small values still show."""
+    return f"{mean:#.{digits}g} +/- {std:#.{digits}g}".replace(".e", "e").replace(". ", " ")
 
 
 def copy_file(source: Path, target: Path) -> Path:
@@ -297,9 +304,16 @@ def seed_list(frame: pd.DataFrame) -> str:
     return ", ".join(str(int(s)) for s in sorted(frame["seed"].unique()))
 
 
+def level_stats(frame: pd.DataFrame) -> pd.DataFrame:
+    """The numbers: per (method, metric, level) the mean and std across seeds, the number of seeds and which."""
+    stats = mean_std(frame, ["method", "metric", "level"])
+    which = frame.groupby(["method", "metric", "level"]).apply(seed_list, include_groups=False)
+    return stats.assign(seed_list=which.to_numpy())
+
+
 def level_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, metric), one column per level: ``mean +/- std`` across seeds; the number of seeds
-    and which seeds last."""
+    """For people: one row per (method, metric), one column per level: ``mean +/- std`` across seeds; the number
+    of seeds and which seeds last."""
     stats = mean_std(frame, ["method", "metric", "level"])
     stats["cell"] = [format_mean_std(m, s, 3) for m, s in zip(stats["mean"], stats["std"])]
     wide = stats.pivot(index=["method", "metric"], columns="level", values="cell")
@@ -338,8 +352,9 @@ def aggregate_levels(
             seeds = sorted(int(s) for s in frame["seed"].unique())
             written.append(save_csv(frame, folder / f"{table}_runs.csv"))
             written.append(save_json(for_experiment(record, str(experiment)), folder / f"{table}_runs.json"))
-            written += write_table(level_table(frame), folder / f"{table}_table")
-            title = f"{frame['dataset'].iloc[0]}: {table.replace('_', ' ')} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+            written += write_table(level_stats(frame), folder / f"{table}_table", display=level_table(frame))
+            title = (f"{dataset_label(frame['dataset'].iloc[0])}: {TITLES.get(table, table.replace('_', ' '))} "
+                     f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
             written += save_figure(plot(frame, title), folder / table)
             log.info("%s/%s: %d runs (seeds %s), %d skipped", experiment, table, part["run_dir"].nunique(), seeds,
                      len(found.skipped))

@@ -27,7 +27,7 @@ from experiments.explainers import build_example_explainers, build_feature_expla
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
 from labelfree.data.subsets import balanced_subset, random_subset
-from labelfree.plots import plot_representation_shift, plot_similarity_rates
+from labelfree.plots import dataset_label, plot_representation_shift, plot_similarity_rates
 from labelfree.protocols.consistency import consistency_examples, consistency_features
 
 FEATURES, EXAMPLES = "consistency_features", "consistency_examples"
@@ -55,7 +55,8 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         )
         frame = identify(cfg, data, frame)
         result.tables[FEATURES] = frame
-        result.figures[FEATURES] = plot_representation_shift(frame, f"{data.name}: feature importance (seed {seed})")
+        result.figures[FEATURES] = plot_representation_shift(
+            frame, f"{dataset_label(data.name)}: consistency of feature importance (seed {seed})")
         result.summary["features_seconds"] = time.perf_counter() - start
     if protocol.examples.enabled:
         start = time.perf_counter()
@@ -71,7 +72,8 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         )
         frame = identify(cfg, data, frame)
         result.tables[EXAMPLES] = frame
-        result.figures[EXAMPLES] = plot_similarity_rates(frame, f"{data.name}: example importance (seed {seed})")
+        result.figures[EXAMPLES] = plot_similarity_rates(
+            frame, f"{dataset_label(data.name)}: consistency of example importance (seed {seed})")
         result.summary["examples_seconds"] = time.perf_counter() - start
         result.summary["example_explainer_seconds"] = seconds
     return result

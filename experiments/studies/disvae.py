@@ -44,7 +44,7 @@ from experiments.workbench import Workbench
 from labelfree.data.splits import DataSplits
 from labelfree.data.subsets import random_subset
 from labelfree.io import save_csv, save_json
-from labelfree.plots import plot_metric_boxes, plot_unit_saliency, save_figure
+from labelfree.plots import dataset_label, plot_metric_boxes, plot_unit_saliency, save_figure
 from labelfree.protocols.disvae import METRICS, TABLE, disvae_unit_maps
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ LABELS = {
     "entropy": "entropy (nats)",
     "active_units": "active units per pixel",
     "collapsed_units": "collapsed units",
+    "gradient_shap": "Gradient Shap",
 }
 
 
@@ -117,7 +118,8 @@ def _run(cfg: DictConfig, bench: Workbench) -> StudyResult:
     frame.insert(3, "latent_dim", int(model_cfg.latent_dim))
     frame.insert(4, "level", beta)
     frame = identify(cfg, data, frame)
-    title = f"{data.name}: {loss}, beta = {beta:g} (seed {seed}); |mu_j(x) * {name}| per latent unit"
+    title = (f"{dataset_label(data.name)}, {LABELS.get(loss, loss)} with beta = {beta:g} (seed {seed}): the saliency of "
+             f"each latent unit, |mu_j(x) a_j(x)| by {LABELS.get(name, name)}")
     figure = plot_unit_saliency(test_x[: len(shown)], shown, title, unit_kl=kl.tolist())
     summary.update({f"{row.metric}": row.value for row in frame.itertuples(index=False)})
     summary.update({"explain_seconds": time.perf_counter() - start, "n_test": len(test_x), "loss": loss, "beta": beta,
@@ -131,6 +133,18 @@ def _run(cfg: DictConfig, bench: Workbench) -> StudyResult:
 def _metric_order(frame: pd.DataFrame) -> list[str]:
     present = set(frame["metric"])
     return [m for m in METRICS if m in present] + sorted(present - set(METRICS))
+
+
+def metric_limits(frame: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Each metric's natural range, drawn whole: correlations and cosines of non-negative maps 0 to 1 (-1 to 1
+    when a value is negative), entropy 0 to log d, unit counts 0 to d."""
+    d = int(frame["latent_dim"].max())
+    limits: dict[str, tuple[float, float]] = {"entropy": (0.0, math.log(d)), "active_units": (0.0, float(d)),
+                                              "collapsed_units": (0.0, float(d))}
+    for metric in ("pearson", "spearman", "pearson_pooled", "spearman_pooled", "cosine"):
+        values = frame.loc[frame["metric"] == metric, "value"]
+        limits[metric] = (-1.0 if (values < 0).any() else 0.0, 1.0)
+    return limits
 
 
 def mean_std_table(stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -174,13 +188,15 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     metrics = _metric_order(frame)
     stats = mean_std(frame, KEYS)
     written = [save_csv(frame, out / f"{PREFIX}runs.csv"), save_csv(stats, out / f"{PREFIX}stats.csv")]
-    written += write_table(mean_std_table(stats, metrics), out / f"{PREFIX}mean_std")
+    written += write_table(stats, out / f"{PREFIX}mean_std", display=mean_std_table(stats, metrics))
     trend = trend_table(frame, stats, metrics)
     written += write_table(trend, out / f"{PREFIX}trend")
     for dataset, part in frame.groupby("dataset", sort=True):
         seeds = sorted(part["seed"].unique())
-        title = f"{dataset}: unit saliency maps against beta ({len(seeds)} seed{'s' * (len(seeds) > 1)} per model)"
-        written += save_figure(plot_metric_boxes(part, metrics, title, LABELS), out / f"{PREFIX}{dataset}_boxplots")
+        title = (f"{dataset_label(dataset)}: how the latent units' saliency maps relate, against beta "
+                 f"({len(seeds)} seed{'s' * (len(seeds) > 1)} per model)")
+        written += save_figure(plot_metric_boxes(part, metrics, title, LABELS, limits=metric_limits(part)),
+                               out / f"{PREFIX}{dataset}_boxplots")
     for (dataset, loss, beta), part in frame.groupby(["dataset", "loss", "beta"], sort=True):
         seed = int(part["seed"].min())
         source = Path(part.loc[part["seed"] == seed, "run_dir"].iloc[0]) / f"{TABLE}.png"

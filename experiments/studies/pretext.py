@@ -41,7 +41,7 @@ from experiments.workbench import Workbench
 from labelfree.data.subsets import random_subset
 from labelfree.io import save_csv, save_json
 from labelfree.modules import module_device
-from labelfree.plots import plot_pretext_correlations, plot_pretext_saliency, plot_pretext_top_examples, save_figure
+from labelfree.plots import LABELS, dataset_label, plot_pretext_correlations, plot_pretext_saliency, plot_pretext_top_examples, save_figure
 from labelfree.protocols.pretext import (
     KINDS,
     TABLE,
@@ -123,7 +123,8 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
     # the models differ by task (task_a, task_b); `model` names their shared architecture
     frame["model"] = "+".join(dict.fromkeys(str(m.get("architecture") or m.name) for m in models.values()))
     result = StudyResult(tables={TABLE: frame}, summary=summary)
-    result.figures[TABLE] = plot_pretext_correlations(frame, f"{data.name}: explanations across pretext tasks (seed {seed})")
+    result.figures[TABLE] = plot_pretext_correlations(
+        frame, f"{dataset_label(data.name)}: how explanations correlate across pretext tasks (seed {seed})")
     for row in off_diagonal_means(frame).itertuples(index=False):
         summary[f"{row.kind}_{row.method}_{row.metric}_mean_off_diagonal"] = row.value
 
@@ -138,9 +139,11 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
     )[first_feature]
     top = {task: train_x[top_examples(s[shown], int(protocol.figures.n_top))] for task, s in scores[first_example].items()}
     result.figures["pretext_saliency"] = plot_pretext_saliency(
-        images, shown_saliency, f"{data.name}: |{first_feature}| by pretext task (seed {seed})")
+        images, shown_saliency, f"{dataset_label(data.name)}: saliency (|{LABELS.get(first_feature, first_feature)}|) by pretext task "
+        f"(seed {seed})")
     result.figures["pretext_top_examples"] = plot_pretext_top_examples(
-        images, top, f"{data.name}: top {first_example} examples by pretext task (seed {seed})")
+        images, top, f"{dataset_label(data.name)}: the most important training examples "
+        f"({LABELS.get(first_example, first_example)}) by pretext task (seed {seed})")
     summary.update({"n_test_features": len(test_x), "n_train_examples": len(train_x), "n_test_examples": len(ex_test_x)})
     return result
 
@@ -200,9 +203,11 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
         files = [save_csv(frame, out / f"{TABLE}_runs.csv"), save_csv(stats, out / f"{TABLE}_mean_std.csv"),
                  save_json(for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json")]
         for (kind, method, metric), table in matrix_tables(stats, tasks).items():
-            files += write_table(table, out / f"{PREFIX}{kind}_{method}_{metric}")
-        files += write_table(pairs_table(stats, tasks), out / f"{PREFIX}pairs")
-        title = f"{frame['dataset'].iloc[0]}: explanations across pretext tasks ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+            numbers = stats[(stats["kind"] == kind) & (stats["method"] == method) & (stats["metric"] == metric)]
+            files += write_table(numbers, out / f"{PREFIX}{kind}_{method}_{metric}", display=table)
+        files += write_table(distinct_pairs(stats, tasks), out / f"{PREFIX}pairs", display=pairs_table(stats, tasks))
+        title = (f"{dataset_label(frame['dataset'].iloc[0])}: how explanations correlate across pretext tasks "
+                 f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
         files += save_figure(plot_pretext_correlations(frame, title), out / TABLE)
         first = Path(part.loc[part["seed"] == seeds[0], "run_dir"].iloc[0])
         for name in RUN_FIGURES:

@@ -19,7 +19,7 @@ from experiments.workbench import Workbench
 from labelfree.data.subsets import random_subset
 from labelfree.models.registry import build_model
 from labelfree.modules import module_device
-from labelfree.plots import plot_roar
+from labelfree.plots import dataset_label, plot_roar
 from labelfree.protocols.roar import feature_importances, roar
 
 TABLE = "roar"
@@ -51,7 +51,7 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
     frame = identify(cfg, data, frame)
     return StudyResult(
         tables={TABLE: frame},
-        figures={TABLE: plot_roar(frame, f"{data.name}: ROAR (seed {seed})")},
+        figures={TABLE: plot_roar(frame, f"{dataset_label(data.name)}: retraining without the most important pixels (seed {seed})")},
         summary={"roar_importance_seconds": importance_seconds, "roar_seconds": time.perf_counter() - start,
                  "roar_n_train": len(train_x)},
     )

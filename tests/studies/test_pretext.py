@@ -43,15 +43,16 @@ def test_aggregation_of_two_runs_skips_a_broken_one_and_never_keeps_stale_rows(t
     _fake_run(runs / "seed=3", 3, 9.0, 9.0, finished=False)  # killed: no summary.json
     pretext_study.aggregate([runs], results, "quick")
 
-    matrix = pd.read_csv(out / "pretext_features_gradient_shap_pearson.csv").set_index("task")
-    assert matrix.shape == (4, 4) and list(matrix.index) == list(TASKS) and list(matrix.columns) == list(TASKS)
-    assert matrix.loc["reconstruction", "classification"] == "0.60 +/- 0.14"
-    assert matrix.loc["denoising", "denoising"] == "1.00 +/- 0.00"
-    for suffix in (".md", ".tex"):
-        assert (out / f"pretext_features_gradient_shap_pearson{suffix}").exists()
+    numbers = pd.read_csv(out / "pretext_features_gradient_shap_pearson.csv").set_index(["task_a", "task_b"])
+    assert len(numbers) == 16 and numbers.loc[("reconstruction", "classification"), "mean"] == pytest.approx(0.6)
+    assert numbers.loc[("reconstruction", "classification"), "std"] == pytest.approx(0.1414, abs=1e-4)
+    markdown = (out / "pretext_features_gradient_shap_pearson.md").read_text()
+    assert "| reconstruction | 1.0 +/- 0.0 |" in markdown and "0.60 +/- 0.14" in markdown
+    assert (out / "pretext_features_gradient_shap_pearson.tex").exists()
     pairs = pd.read_csv(out / "pretext_pairs.csv")
-    assert len(pairs) == 6 and pairs["pair"].iloc[0] == "reconstruction / denoising"
-    assert (pairs["examples dknn pearson"] == "0.20 +/- 0.14").all() and (pairs["seeds"] == 2).all()
+    assert len(pairs) == 6 * 4 and set(pairs["n"]) == {2}  # 6 pairs x (2 kinds x 2 metrics), numbers
+    shown = (out / "pretext_pairs.md").read_text()
+    assert "| reconstruction / denoising |" in shown and "0.20 +/- 0.14" in shown
     stats = pd.read_csv(out / f"{TABLE}_mean_std.csv")
     assert set(stats["n"]) == {2}
     assert sorted(pd.read_csv(out / f"{TABLE}_runs.csv")["seed"].unique()) == [1, 2]
@@ -65,8 +66,8 @@ def test_aggregation_of_two_runs_skips_a_broken_one_and_never_keeps_stale_rows(t
     _fake_run(runs / "seed=4", 4, 0.9, 0.5)
     pretext_study.aggregate([runs], results, "quick")
     assert sorted(pd.read_csv(out / f"{TABLE}_runs.csv")["seed"].unique()) == [2, 4]
-    matrix = pd.read_csv(out / "pretext_features_gradient_shap_pearson.csv").set_index("task")
-    assert matrix.loc["reconstruction", "classification"] == "0.80 +/- 0.14"
+    numbers = pd.read_csv(out / "pretext_features_gradient_shap_pearson.csv").set_index(["task_a", "task_b"])
+    assert numbers.loc[("reconstruction", "classification"), "mean"] == pytest.approx(0.8)
     assert not (out / "pretext_saliency_seed1.png").exists() and (out / "pretext_saliency_seed2.png").exists()
 
 
