@@ -4,12 +4,13 @@ it in eval mode without leaving it changed."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "module_device"]
+__all__ = ["OutputSelector", "eval_mode", "module_device", "select_output"]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -35,3 +36,48 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+#: What :func:`select_output` accepts as ``output``: a position, a key, or a function of the whole output.
+OutputSelector = Union[int, str, Callable[[Any], torch.Tensor], None]
+
+
+def _describe(output: object) -> str:
+    """A short description of a module's output: ``tuple (Tensor[4, 2], Tensor[4, 2])``, ``dict keys ['z', 'mu']``."""
+    if isinstance(output, torch.Tensor):
+        return f"Tensor{list(output.shape)}"
+    if isinstance(output, (tuple, list)):
+        parts = ", ".join(_describe(o) for o in output[:6]) + (", ..." if len(output) > 6 else "")
+        return f"{type(output).__name__} ({parts})"
+    if isinstance(output, Mapping):
+        return f"{type(output).__name__} with keys {list(output)[:10]}"
+    return type(output).__name__
+
+
+def select_output(output: object, selector: OutputSelector = None, what: str = "encoder") -> torch.Tensor:
+    """The tensor chosen by ``selector`` from what ``what`` returned (a tensor, a tuple, a dict, ...).
+
+    ``selector``: ``None`` (the output must already be a tensor), an ``int`` (position in a tuple or list),
+    a ``str`` (key of a dict, or attribute of an object such as a named tuple) or a callable ``output -> Tensor``.
+    Raises ``TypeError`` naming the output's structure and the accepted selectors otherwise.
+    """
+    accepted = ("pass output= an index (output=0), a key (output='z') or a callable mapping the output to a "
+                "Tensor[n, ...]")
+    if selector is None:
+        if isinstance(output, torch.Tensor):
+            return output
+        raise TypeError(f"the {what} returned {_describe(output)}, not a tensor; {accepted}")
+    try:
+        if callable(selector):
+            chosen = selector(output)
+        elif isinstance(selector, str) and not isinstance(output, Mapping):
+            chosen = getattr(output, selector)
+        else:
+            chosen = output[selector]  # type: ignore[index]
+    except (IndexError, KeyError, TypeError, AttributeError) as error:
+        raise TypeError(f"output={selector!r} cannot select from the {what}'s output {_describe(output)} "
+                        f"({error}); {accepted}") from error
+    if not isinstance(chosen, torch.Tensor):
+        raise TypeError(f"output={selector!r} selected {_describe(chosen)} from the {what}'s output "
+                        f"{_describe(output)}, not a tensor; {accepted}")
+    return chosen

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from captum.attr import Attribution
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from labelfree.data.splits import Baseline, baseline_like
 from labelfree.guards import check_finite
+from labelfree.modules import module_device
 
 __all__ = ["BatchedAttribution", "attribute_features"]
 
@@ -21,6 +22,12 @@ __all__ = ["BatchedAttribution", "attribute_features"]
 def _accepts_baselines(explainer: Attribution) -> bool:
     method = getattr(explainer, "method", explainer)
     return "baselines" in inspect.signature(method.attribute).parameters
+
+
+def _explainer_device(explainer: Attribution) -> torch.device:
+    """Device of the encoder a (label-free) explainer explains; the CPU when it is not an ``nn.Module``."""
+    encoder = getattr(explainer, "encoder", getattr(explainer, "forward_func", None))
+    return module_device(encoder) if isinstance(encoder, nn.Module) else torch.device("cpu")
 
 
 def attribute_features(
@@ -47,14 +54,21 @@ def attribute_features(
 class BatchedAttribution:
     """A label-free feature explainer applied to a whole tensor, ``batch_size`` inputs at a time on ``device``.
 
-    ``units``: one map per latent unit (``[n, d, *input_shape]``) instead of one per input.
+    Args:
+        explainer: e.g. ``LabelFreeAttribution(IntegratedGradients(encoder))``.
+        baseline: handed to methods that take ``baselines`` (a number, a tensor broadcastable to a batch, or a
+            function of the batch); default 0.
+        attribute_kwargs: further keyword arguments of ``explainer.attribute`` (``n_steps``, ...).
+        batch_size: inputs per call (default 256).
+        device: where batches go; ``None``: the device of the explained encoder (CPU for a plain callable).
+        units: one map per latent unit (``[n, d, *input_shape]``) instead of one per input.
     """
 
     explainer: Attribution
-    baseline: Baseline
-    attribute_kwargs: Mapping[str, Any]
-    batch_size: int
-    device: torch.device
+    baseline: Baseline = 0.0
+    attribute_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 256
+    device: torch.device | None = None
     units: bool = False
 
     def __post_init__(self) -> None:
@@ -64,8 +78,9 @@ class BatchedAttribution:
 
     def batches(self, x: Tensor, desc: str = "attributions") -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(x_batch, attributions)`` on ``device`` for consecutive batches of ``x [n, *input_shape]``."""
+        device = self.device if self.device is not None else _explainer_device(self.explainer)
         for idx in tqdm(torch.arange(len(x)).split(int(self.batch_size)), desc=desc, leave=False):
-            xb = x[idx].to(self.device)
+            xb = x[idx].to(device)
             attributions = attribute_features(self.explainer, xb, self.baseline, self.attribute_kwargs, units=self.units)
             yield xb, check_finite(f"attributions by {type(getattr(self.explainer, 'method', self.explainer)).__name__} "
                                    f"(inputs {int(idx[0])}..{int(idx[-1])})", attributions)

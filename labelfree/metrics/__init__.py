@@ -1,4 +1,4 @@
-"""Metrics of the paper (Section 2 of PAPER.md): pure, vectorised tensor functions, one module per family.
+"""Metrics of the paper (Section 2 of the paper (Crabbé & van der Schaar, 2022)): pure, vectorised tensor functions, one module per family.
 
 * Consistency of feature importance: mask each input's top features by |attribution|
   (:func:`top_feature_mask`, :func:`mask_features`; :mod:`labelfree.metrics.masks`) and measure the
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from labelfree.metrics import correlation, masks, percentages, shift, similarity, units
 from labelfree.metrics.correlation import mean_off_diagonal, pearson_matrix, spearman_matrix
-from labelfree.metrics.masks import mask_features, top_feature_mask
+from labelfree.metrics.masks import LAYOUTS, mask_features, top_feature_mask
 from labelfree.metrics.percentages import percent_to_count, percent_to_fraction
 from labelfree.metrics.shift import representation_shift
 from labelfree.metrics.similarity import similarity_rate_curves, similarity_rates

@@ -5,6 +5,7 @@ attributions (e.g. ``torch.rand_like(inputs)``) to :func:`top_feature_mask`."""
 from __future__ import annotations
 
 from numbers import Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,10 +13,53 @@ from torch import Tensor
 
 from labelfree.metrics._rows import _by_rows, _numpy_friendly
 
-__all__ = ["top_feature_mask", "mask_features"]
+__all__ = ["LAYOUTS", "top_feature_mask", "mask_features"]
+
+#: Feature layouts of :func:`top_feature_mask`: the dimension holding channels (summed when ranking), or ``None``.
+LAYOUTS: dict[str, int | None] = {
+    "channels_first": 1,  # images [n, C, H, W]: a feature is a pixel, |attribution| summed over C
+    "channels_last": -1,  # sequences [n, T, C]: a feature is a time step, summed over C
+    "none": None,  # every entry is its own feature
+}
 
 
-def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | None = 1) -> Tensor:
+class _Default:
+    """Marks ``channel_dim`` as not given (then ``layout`` decides, else ``channels_first``)."""
+
+    def __repr__(self) -> str:
+        return "1"
+
+
+_DEFAULT_CHANNEL_DIM: Any = _Default()
+
+
+def _channel_dim(
+    attributions: Tensor, channel_dim: int | None | _Default, layout: str | None
+) -> tuple[int | None, str]:
+    """The channel dimension to sum over and a description of the layout for messages."""
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+        if not isinstance(channel_dim, _Default) and channel_dim != LAYOUTS[layout]:
+            raise ValueError(f"give layout= or channel_dim=, not both (layout={layout!r} sums over "
+                             f"{LAYOUTS[layout]}, channel_dim={channel_dim})")
+        if LAYOUTS[layout] is not None and attributions.dim() < 3:
+            raise ValueError(f"layout={layout!r} needs attributions [n, ...] with a channel dimension and at least one "
+                             f"feature dimension (3 dims or more), got shape {tuple(attributions.shape)}; use "
+                             "layout='none' for [n, d]")
+        return LAYOUTS[layout], f"layout={layout!r}"
+    if isinstance(channel_dim, _Default):
+        return 1, "layout='channels_first' (the default: |attribution| summed over dim 1)"
+    return channel_dim, f"channel_dim={channel_dim}"
+
+
+def top_feature_mask(
+    attributions: Tensor,
+    fraction: float,
+    channel_dim: int | None = _DEFAULT_CHANNEL_DIM,
+    *,
+    layout: str | None = None,
+) -> Tensor:
     """Boolean mask of each example's top ``fraction`` of features by |attribution|.
 
     Args:
@@ -23,15 +67,24 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
             ``[n, T, C]``, ...).
         fraction: share of features to select, in [0, 1]; exactly
             ``k = round(fraction * n_features)`` features are selected per example, also when
-            importances tie (ties are broken arbitrarily by ``torch.topk``).
+            importances tie (ties are broken arbitrarily by ``torch.topk``). A fraction > 0 that selects no
+            feature (k rounds to 0) is an error; ``fraction=0`` selects none.
         channel_dim: dimension of ``attributions`` (not 0, the examples) that holds channels; the
             importance of a feature is |attribution| summed over it, and a selected feature is masked
-            in all its channels. ``None``: every entry is its own feature. For a time series
-            ``[n, T, 1]`` pass ``2`` or ``-1``.
+            in all its channels. ``None``: every entry is its own feature. Default 1 (``channels_first``).
+            Kept for the configs (``dataset.channel_dim``); ``layout`` says the same by name.
+        layout: ``"channels_first"`` (images ``[n, C, H, W]``: sum over dim 1, the default),
+            ``"channels_last"`` (sequences ``[n, T, C]``: sum over the last dim) or ``"none"`` (every entry
+            a feature); see :data:`LAYOUTS`. Not together with a different ``channel_dim``.
 
     Returns:
         ``Tensor[bool]`` shaped like ``attributions``; ``n_features`` counts features after the
         channel reduction, so each example has ``k * C`` True entries.
+
+    Raises:
+        ValueError: a fraction outside [0, 1], NaN attributions, an invalid ``channel_dim`` or ``layout``, or a
+            fraction > 0 that selects no feature (naming the fraction, the number of features and the layout: e.g.
+            a sequence ``[n, T, 1]`` ranked with the default ``channels_first`` layout has one feature).
     """
     if attributions.dim() < 2:
         raise ValueError(
@@ -43,6 +96,7 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
             f"fraction must be in [0, 1], got {fraction!r} (for a percentage p in [0, 100] use "
             f"percent_to_fraction(p))"
         )
+    channel_dim, described = _channel_dim(attributions, channel_dim, layout)
     importance = attributions.abs()
     if torch.isnan(importance.sum()):  # |a| >= 0, so the sum is NaN only if some entry is
         raise ValueError("attributions contain NaN; importances cannot be ranked")
@@ -60,6 +114,12 @@ def top_feature_mask(attributions: Tensor, fraction: float, channel_dim: int | N
     n = importance.shape[0]
     flat = importance.reshape(n, -1)
     k = round(fraction * flat.shape[1])
+    if k == 0 and fraction > 0:
+        raise ValueError(
+            f"top_feature_mask selects no feature: fraction {fraction:g} of {flat.shape[1]} feature(s) per example "
+            f"rounds to 0 with {described} on attributions of shape {tuple(attributions.shape)}; for sequences "
+            "[n, T, C] pass layout='channels_last', for one feature per entry layout='none', else a larger fraction"
+        )
     mask = _top_k_mask(flat, k)
     if mask.shape == attributions.reshape(n, -1).shape:
         return mask.reshape(attributions.shape)

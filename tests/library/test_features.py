@@ -164,3 +164,25 @@ def test_random_baseline_is_deterministic_and_registry_errors(encoder, images):
     assert a.shape == images.shape
     with pytest.raises(ValueError, match="Unknown feature explainer 'lime'.*accepted"):
         make_feature_explainer("lime", encoder)
+
+
+def test_batched_attribution_defaults_for_a_users_encoder(encoder, images):
+    """``BatchedAttribution(explainer)``: baseline 0, no extra arguments, the encoder's device, batches of 256."""
+    from labelfree.attribution.batched import BatchedAttribution
+
+    explainer = LabelFreeAttribution(IntegratedGradients(encoder))
+    batched = BatchedAttribution(explainer, batch_size=2)
+    expected = explainer.attribute(images, baselines=torch.zeros_like(images))
+    torch.testing.assert_close(batched.all(images), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(batched.all(images, absolute=True), expected.abs(), rtol=1e-5, atol=1e-7)
+
+
+def test_train_mode_encoder_is_explained_in_eval_mode_and_left_as_it_was(images):
+    torch.manual_seed(0)
+    model = MNISTEncoder(4).to(images.dtype).train()
+    tracked = [m.num_batches_tracked.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    explainer = LabelFreeAttribution(Saliency(model))
+    got = explainer.attribute(images)
+    assert model.training and all(m.training for m in model.modules())
+    assert [m.num_batches_tracked for m in model.modules() if isinstance(m, nn.BatchNorm2d)] == tracked
+    torch.testing.assert_close(got, LabelFreeAttribution(Saliency(model.eval())).attribute(images))

@@ -442,3 +442,43 @@ def test_mask_ties_at_the_kth_value_take_the_exact_path():
     assert mask.sum(dim=1).tolist() == [3, 3]
     assert mask[0, 0] and not mask[0, 4:].any() and mask[0, 1:4].sum() == 2
     assert mask[1].tolist() == [True, True, True, False, False, False]
+
+
+# --------------------------------------------------------------------------------------------------
+# Layouts, and masks that would select nothing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_layouts_name_the_channel_dimension():
+    sequences = torch.rand(3, 140, 1, generator=_generator(1))
+    mask = top_feature_mask(sequences, 0.1, layout="channels_last")
+    assert mask.shape == sequences.shape and (mask.sum(dim=(1, 2)) == 14).all()
+    assert torch.equal(mask, top_feature_mask(sequences, 0.1, channel_dim=-1))
+    multichannel = torch.rand(3, 20, 4, generator=_generator(2))
+    assert torch.equal(top_feature_mask(multichannel, 0.25, layout="channels_last"),
+                       top_feature_mask(multichannel, 0.25, channel_dim=2))
+    images = torch.rand(2, 3, 8, 8, generator=_generator(3))
+    assert torch.equal(top_feature_mask(images, 0.2, layout="channels_first"), top_feature_mask(images, 0.2))
+    assert torch.equal(top_feature_mask(images, 0.2, layout="none"), top_feature_mask(images, 0.2, channel_dim=None))
+    both = top_feature_mask(images, 0.2, channel_dim=1, layout="channels_first")
+    assert torch.equal(both, top_feature_mask(images, 0.2))
+
+
+def test_a_mask_that_selects_no_feature_is_an_error():
+    sequences = torch.rand(3, 140, 1, generator=_generator(1))
+    with pytest.raises(ValueError, match=r"fraction 0.1 of 1 feature\(s\).*channels_first.*layout='channels_last'"):
+        top_feature_mask(sequences, 0.1)
+    with pytest.raises(ValueError, match=r"fraction 0.4 of 1 feature\(s\).*channel_dim=1"):
+        top_feature_mask(sequences, 0.4, channel_dim=1)
+    with pytest.raises(ValueError, match=r"fraction 0.01 of 20 feature\(s\).*layout='channels_last'"):
+        top_feature_mask(torch.rand(2, 20, 1), 0.01, layout="channels_last")
+    assert not top_feature_mask(sequences, 0.0).any()  # asking for none is not an error
+
+
+def test_bad_layouts_raise_helpful_errors():
+    with pytest.raises(ValueError, match=r"layout must be one of \['channels_first', 'channels_last', 'none'\]"):
+        top_feature_mask(torch.rand(2, 5, 1), 0.5, layout="NHWC")
+    with pytest.raises(ValueError, match="not both"):
+        top_feature_mask(torch.rand(2, 5, 1), 0.5, channel_dim=1, layout="channels_last")
+    with pytest.raises(ValueError, match="layout='none' for"):
+        top_feature_mask(torch.rand(2, 5), 0.5, layout="channels_last")

@@ -1,4 +1,4 @@
-"""Label-free example importance (PAPER.md section 1, "Label-free example importance").
+"""Label-free example importance (Crabbé & van der Schaar, 2022, "Label-free example importance").
 
 Every explainer follows one contract (:class:`ExampleImportance`, :mod:`.base`): ``fit(train_x)`` once, then
 ``attribute(test_x) -> Tensor[n_test, n_train]`` where entry ``[t, i]`` is the importance of training
@@ -7,12 +7,14 @@ always returned on the CPU; inputs may live on the CPU while the model lives on 
 
 * Loss-based methods (:class:`InfluenceFunctions` in :mod:`.influence` with its solvers :class:`LiSSA` and
   :class:`Arnoldi`; :class:`TracIn` in :mod:`.tracin`) differentiate an explicit :class:`Objective`
-  (:mod:`.objective`): the model's per-example pretext loss restricted to the parameters of one
-  submodule (the encoder by default). Per-example gradients come from ``torch.func``
+  (:mod:`.objective`): a per-example loss (the model's pretext loss, or any ``loss(model, x, y) -> Tensor[n]``
+  for any ``nn.Module``) restricted to some parameters (the encoder's by default; a submodule, or
+  parameter-name prefixes). TracIn reads checkpoints as ``Checkpoint`` objects, paths, state dicts or loaders
+  (:data:`CheckpointLike`). Per-example gradients come from ``torch.func``
   (``vmap(grad(functional_call))``) in eval mode; Hessian products from :mod:`.hessian`; scores are
   matrix products of gradient matrices.
 * Representation-based methods (:class:`SimplEx`, :class:`DKNN`, :mod:`.representation`) only use
-  ``h = encoder(x)``.
+  ``h = encoder(x)`` (``output=`` picks it from an encoder returning a tuple or dict).
 * :class:`RandomExampleImportance` (:mod:`.random`) is the random baseline.
 
 :mod:`.registry` maps method names to classes (:data:`EXAMPLE_EXPLAINERS`) and builds an explainer for a
@@ -33,7 +35,7 @@ from labelfree.attribution.examples.influence import (
     LiSSA,
     TrainingHessian,
 )
-from labelfree.attribution.examples.objective import LossFn, Objective, pretext_objective_loss
+from labelfree.attribution.examples.objective import LossFn, Objective, Wrt, pretext_objective_loss
 from labelfree.attribution.examples.random import RandomExampleImportance
 from labelfree.attribution.examples.registry import (
     EXAMPLE_EXPLAINERS,
@@ -42,7 +44,7 @@ from labelfree.attribution.examples.registry import (
     requires_loss,
 )
 from labelfree.attribution.examples.representation import DKNN, SimplEx
-from labelfree.attribution.examples.tracin import TracIn
+from labelfree.attribution.examples.tracin import CheckpointLike, TracIn, load_checkpoint
 from labelfree.training import Checkpoint
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "EXAMPLE_EXPLAINERS",
     "Arnoldi",
     "Checkpoint",
+    "CheckpointLike",
     "ExampleImportance",
     "HessianOperator",
     "InfluenceFunctions",
@@ -62,8 +65,10 @@ __all__ = [
     "SimplEx",
     "TracIn",
     "TrainingHessian",
+    "Wrt",
     "build_example_explainer",
     "example_settings",
+    "load_checkpoint",
     "pretext_objective_loss",
     "requires_loss",
 ]

@@ -8,6 +8,7 @@ Scores are always returned on the CPU; inputs may live on the CPU while the mode
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
@@ -71,13 +72,23 @@ class LossBasedImportance(ExampleImportance):
     objective: Objective
 
     def _labels(self, y: Tensor | None, n: int, what: str) -> Tensor | None:
-        if not self.objective.model.uses_labels:
+        """The labels handed to the objective's loss: ``y`` when it uses them (``Objective.uses_labels``: ``True``
+        requires them, ``None`` passes them when given), else ``None`` with a warning if some were given."""
+        uses = self.objective.uses_labels
+        if uses is False:
+            if y is not None:
+                warnings.warn(
+                    f"{type(self).__name__}: {what}_y is ignored: the objective's loss does not use labels "
+                    "(model.uses_labels is False, or the loss takes only (model, x)); pass "
+                    "Objective(..., loss=loss(model, x, y), uses_labels=True) to use them", UserWarning, stacklevel=3)
             return None
         if y is None:
-            raise ValueError(
-                f"{type(self).__name__}: the model's loss uses labels (model.uses_labels is True), "
-                f"so {what}_y is required"
-            )
+            if uses:
+                raise ValueError(
+                    f"{type(self).__name__}: the objective's loss uses labels (uses_labels is True), "
+                    f"so {what}_y is required"
+                )
+            return None
         if len(y) != n:
             raise ValueError(f"{what}_x and {what}_y must have the same length, got {n} and {len(y)}")
         return y

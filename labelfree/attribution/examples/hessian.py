@@ -178,7 +178,7 @@ def build_hessian(
                 for s in range(0, len(x), example_chunk_size)
             ]
     device = objective.device
-    dtype = next(objective.model.get_submodule(objective.wrt).parameters()).dtype
+    dtype = objective.dtype
     built = []
     for px, py, pw in pieces:
         px = px.to(device)
@@ -205,6 +205,8 @@ def _output_curvature(
 
     if split is None and columns is None:
         return refuse("the number of columns is unknown")
+    if not isinstance(wrt, str):
+        return refuse("the parameters are selected by name prefixes, not as one submodule")
     if not wrt:
         return refuse("the whole model is differentiated, so there is no head")
     submodule = model.get_submodule(wrt)

@@ -242,7 +242,7 @@ class Arnoldi(InverseHessianSolver):
         n_params = objective.n_params
         steps = min(self.iterations, n_params)
         device = objective.device
-        dtype = next(objective.model.get_submodule(objective.wrt).parameters()).dtype
+        dtype = objective.dtype
         generator = torch.Generator().manual_seed(seed)
         basis = torch.zeros(n_params, steps + 1, device=device, dtype=dtype)
         projected = torch.zeros(steps + 1, steps, dtype=torch.float64)

@@ -1,15 +1,18 @@
 """The objective that loss-based explainers differentiate, and its per-example gradients.
 
-An :class:`Objective` is the model's per-example pretext loss restricted to the parameters of one submodule
-(the encoder by default, the paper's theta_f). Per-example gradients come from ``torch.func``
-(``vmap(grad(functional_call))``) in eval mode; Hessian products from :mod:`.hessian`.
+An :class:`Objective` is a per-example loss ``loss(model, x, y) -> Tensor[n]`` restricted to some of the
+model's parameters (the encoder's by default, the paper's theta_f). Any ``nn.Module`` works: the project's
+models bring their pretext loss, a user's model brings its own loss callable. Per-example gradients come from
+``torch.func`` (``vmap(grad(functional_call))``) in eval mode; Hessian products from :mod:`.hessian`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import Tensor, nn
@@ -17,15 +20,22 @@ from torch.func import functional_call, grad, vmap
 
 from labelfree.attribution.examples.base import check_positive_int
 from labelfree.attribution.examples.hessian import HessianOptions, _LossModule, build_hessian
-from labelfree.models.base import PretextModel
-from labelfree.modules import eval_mode, module_device
+from labelfree.modules import eval_mode
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["LossFn", "Objective", "pretext_objective_loss"]
+logger = logging.getLogger(__name__)
 
-LossFn = Callable[[nn.Module, Tensor, "Tensor | None"], Tensor]
+__all__ = ["LossFn", "Objective", "Wrt", "pretext_objective_loss"]
+
+#: ``loss(model, x, y) -> Tensor[n]``, one loss per example; ``y`` is ``None`` when no labels are passed.
+#: A loss that never uses labels may take only ``(model, x)``.
+LossFn = Callable[..., Tensor]
+
+#: What an :class:`Objective` differentiates: a dotted submodule name (``""``: the whole model), a submodule
+#: object, or a sequence of parameter-name prefixes (``["encoder.0", "encoder.2.weight"]``).
+Wrt = Union[str, nn.Module, Sequence[str]]
 
 
 def pretext_objective_loss(model: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
@@ -33,56 +43,163 @@ def pretext_objective_loss(model: nn.Module, x: Tensor, y: Tensor | None) -> Ten
     return model.pretext_loss(x, y, perturb=False)
 
 
+def _positional_arity(fn: Callable[..., object]) -> int | None:
+    """How many positional arguments ``fn`` takes (``None``: any number, or unknown)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    kinds = [p.kind for p in parameters]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return None
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+class _CheckedLoss:
+    """The user's loss called as ``loss(model, x, y)`` (or ``loss(model, x)``), its output checked to be ``[n]``."""
+
+    def __init__(self, fn: LossFn) -> None:
+        arity = _positional_arity(fn)
+        if arity is not None and arity < 2:
+            raise TypeError(f"Objective loss must be a callable loss(model, x, y) -> Tensor[n] (or loss(model, x)); "
+                            f"{getattr(fn, '__name__', fn)!r} takes {arity} positional argument(s)")
+        self.fn = fn
+        self.takes_labels = arity is None or arity >= 3
+        self.__wrapped__ = fn
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None) -> Tensor:
+        losses = self.fn(model, x, y) if self.takes_labels else self.fn(model, x)
+        if not isinstance(losses, Tensor) or losses.shape != (len(x),):
+            got = f"a tensor of shape {list(losses.shape)}" if isinstance(losses, Tensor) else type(losses).__name__
+            scalar = isinstance(losses, Tensor) and losses.ndim == 0
+            hint = (" (a scalar: the loss is reduced over the batch; return one loss per example, e.g. "
+                    "F.mse_loss(..., reduction='none').flatten(1).mean(1))") if scalar else ""
+            name = getattr(self.fn, "__name__", type(self.fn).__name__)
+            raise ValueError(f"Objective loss {name!r} must return one loss per example, a Tensor of shape "
+                             f"[n] = [{len(x)}] for a batch of {len(x)}; got {got}{hint}")
+        return losses
+
+    def __repr__(self) -> str:
+        return f"checked({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _CheckedLoss) and other.fn == self.fn
+
+    def __hash__(self) -> int:
+        return hash(self.fn)
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
     """What loss-based explainers differentiate: ``loss(model, x, y) -> Tensor[n]`` w.r.t. ``wrt``.
 
     Args:
-        model: the trained model.
-        wrt: dotted name of the submodule whose parameters theta are differentiated (the paper: the
-            encoder, theta_f). Every other parameter and every buffer is held fixed. ``""`` means
-            the whole model.
-        loss: per-example loss ``loss(model, x, y) -> Tensor[n]``; by default the model's
-            deterministic pretext loss ``model.pretext_loss(x, y, perturb=False)``.
+        model: the trained model, any ``nn.Module``.
+        wrt: the differentiated parameters theta (the paper: the encoder's, theta_f); every other parameter and
+            every buffer is held fixed. A dotted submodule name (default ``"encoder"``; ``""``: the whole model), the
+            submodule itself (``model.encoder``; stored as its name), or a sequence of parameter-name prefixes
+            (``["encoder.0", "head.weight"]``; a prefix matches a parameter name equal to it or starting with it
+            and a dot).
+        loss: per-example loss ``loss(model, x, y) -> Tensor[n]`` (or ``loss(model, x)`` for one that never uses
+            labels); by default the model's deterministic pretext loss ``model.pretext_loss(x, y, perturb=False)``
+            (the project's models). A loss that returns another shape (e.g. a scalar) stops with the shape expected.
+        uses_labels: whether the loss needs labels. ``None`` (default): the model's ``uses_labels`` attribute for the
+            default loss (the project's models; ``False`` when absent); for a given loss, ``False`` when it takes only
+            ``(model, x)``, else labels are passed when given (and ``None`` when not). ``True``: labels are required.
+            Labels given to an objective that does not use them are ignored with a warning.
 
-    Gradients are flattened in ``model.get_submodule(wrt).named_parameters()`` order into vectors of
-    length :attr:`n_params` (P). Everything runs in eval mode (BatchNorm uses its running
-    statistics, so the loss of an example does not depend on the rest of the batch).
+    Gradients are flattened in parameter order (``model.get_submodule(wrt).named_parameters()``, or
+    ``model.named_parameters()`` filtered by the prefixes) into vectors of length :attr:`n_params` (P). Everything
+    runs in eval mode (BatchNorm uses its running statistics, so the loss of an example does not depend on the
+    rest of the batch); every submodule's mode is restored afterwards.
     """
 
-    model: PretextModel = dataclasses.field(repr=False)
-    wrt: str = "encoder"
+    model: nn.Module = dataclasses.field(repr=False)
+    wrt: Wrt = "encoder"
     loss: LossFn = pretext_objective_loss
+    uses_labels: bool | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"Objective.model must be an nn.Module, got {type(self.model).__name__}")
         if not getattr(self.model, "per_example_loss", True):
             raise ValueError(
                 f"{type(self.model).__name__}'s pretext loss couples the examples of a batch (a contrastive "
                 "loss), so loss-based example importance (influence functions, TracIn) is not defined for it; "
                 "use a representation-based explainer (simplex, dknn)"
             )
-        try:
-            submodule = self.model.get_submodule(self.wrt)
-        except AttributeError as error:
-            children = [name for name, _ in self.model.named_children()]
-            raise ValueError(
-                f"Objective.wrt={self.wrt!r} is not a submodule of {type(self.model).__name__}; "
-                f"accepted: a dotted submodule name such as one of {children}, or '' for the whole model"
-            ) from error
-        if not any(True for _ in submodule.parameters()):
-            raise ValueError(
-                f"Objective.wrt={self.wrt!r} names a submodule without parameters; nothing to differentiate"
-            )
+        object.__setattr__(self, "wrt", self._normalised_wrt(self.wrt))
+        if self.loss is pretext_objective_loss:
+            if not callable(getattr(self.model, "pretext_loss", None)):
+                raise TypeError(
+                    f"{type(self.model).__name__} has no pretext_loss, so Objective needs loss=: a callable "
+                    "loss(model, x, y) -> Tensor[n] giving one loss per example (y is None without labels)")
+            if self.uses_labels is None:
+                object.__setattr__(self, "uses_labels", bool(getattr(self.model, "uses_labels", False)))
+        else:
+            if not callable(self.loss):
+                raise TypeError(f"Objective.loss must be callable loss(model, x, y) -> Tensor[n], got {self.loss!r}")
+            checked = self.loss if isinstance(self.loss, _CheckedLoss) else _CheckedLoss(self.loss)
+            object.__setattr__(self, "loss", checked)
+            if self.uses_labels is None and not checked.takes_labels:
+                object.__setattr__(self, "uses_labels", False)
+            if self.uses_labels and not checked.takes_labels:
+                raise ValueError("Objective(uses_labels=True) needs a loss taking labels: loss(model, x, y)")
+        if not self._named_parameters():
+            raise ValueError(f"Objective.wrt={self.wrt!r} selects no parameter; nothing to differentiate")
+
+    def _normalised_wrt(self, wrt: Wrt) -> str | tuple[str, ...]:
+        """``wrt`` as a dotted submodule name or a tuple of parameter-name prefixes, checked against the model."""
+        model = self.model
+        children = [name for name, _ in model.named_children()]
+        if isinstance(wrt, nn.Module):
+            for name, module in model.named_modules():
+                if module is wrt:
+                    return name
+            raise ValueError(f"Objective.wrt: the {type(wrt).__name__} given is not a submodule of "
+                             f"{type(model).__name__} (children: {children})")
+        if isinstance(wrt, str):
+            try:
+                model.get_submodule(wrt)
+            except AttributeError as error:
+                raise ValueError(
+                    f"Objective.wrt={wrt!r} is not a submodule of {type(model).__name__}; accepted: a dotted submodule "
+                    f"name such as one of {children}, '' for the whole model, the submodule itself, or a list of "
+                    "parameter-name prefixes"
+                ) from error
+            return wrt
+        if isinstance(wrt, Sequence) and wrt and all(isinstance(p, str) and p for p in wrt):
+            names = [name for name, _ in model.named_parameters()]
+            unmatched = [p for p in wrt if not any(n == p or n.startswith(p + ".") for n in names)]
+            if unmatched:
+                raise ValueError(f"Objective.wrt prefixes {unmatched} match no parameter of {type(model).__name__} "
+                                 f"(parameters: {names[:12]}{' ...' if len(names) > 12 else ''})")
+            return tuple(wrt)
+        raise TypeError(f"Objective.wrt must be a submodule name, a submodule, or a non-empty list of parameter-name "
+                        f"prefixes; got {wrt!r}")
+
+    def _named_parameters(self) -> dict[str, nn.Parameter]:
+        """The differentiated parameters by their name in the model, in gradient order."""
+        if isinstance(self.wrt, str):
+            prefix = f"{self.wrt}." if self.wrt else ""
+            return {prefix + name: p for name, p in self.model.get_submodule(self.wrt).named_parameters()}
+        return {name: p for name, p in self.model.named_parameters()
+                if any(name == q or name.startswith(q + ".") for q in self.wrt)}
 
     @property
     def n_params(self) -> int:
         """Number P of differentiated parameters (length of a flattened gradient)."""
-        return sum(p.numel() for p in self.model.get_submodule(self.wrt).parameters())
+        return sum(p.numel() for p in self._named_parameters().values())
 
     @property
     def device(self) -> torch.device:
         """Device of the differentiated parameters (where batches are moved)."""
-        return module_device(self.model.get_submodule(self.wrt))
+        return next(iter(self._named_parameters().values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating-point type of the differentiated parameters (of gradients and scores)."""
+        return next(iter(self._named_parameters().values())).dtype
 
     def _split_state(self, wrapper: _LossModule) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Detached copies (no copy of data) of the differentiated parameters and of everything else.
@@ -90,10 +207,9 @@ class Objective:
         Passing every tensor explicitly to ``functional_call`` keeps plain autograd from building a
         graph through parameters that happen to have ``requires_grad=True``.
         """
-        prefix = f"model.{self.wrt}." if self.wrt else "model."
-        submodule = self.model.get_submodule(self.wrt)
-        params = {prefix + name: p.detach() for name, p in submodule.named_parameters()}
-        differentiated = {id(p) for p in submodule.parameters()}
+        selected = self._named_parameters()
+        params = {f"model.{name}": p.detach() for name, p in selected.items()}
+        differentiated = {id(p) for p in selected.values()}
         fixed = {name: p.detach() for name, p in wrapper.named_parameters() if id(p) not in differentiated}
         fixed.update({name: b.detach() for name, b in wrapper.named_buffers()})
         return params, fixed
@@ -119,7 +235,7 @@ class Objective:
         per_example = vmap(grad(example_loss), in_dims=(None, None, 0, None if y is None else 0))
         with eval_mode(self.model), torch.no_grad():
             params, fixed = self._split_state(wrapper)
-            dtype = next(iter(params.values())).dtype
+            dtype = self.dtype
             out = torch.empty(len(x), self.n_params, device=device, dtype=dtype)  # written in place, no concatenation
             for start in range(0, len(x), chunk_size):
                 xc = x[start : start + chunk_size].to(device)

@@ -2,8 +2,9 @@
 
 Each explainer's constructor names what it needs from the model by its parameters: ``objective`` (a
 loss-based explainer: an :class:`Objective` of the model's pretext loss), ``encoder`` (a
-representation-based one: ``model.encoder``), ``checkpoints`` (TracIn) and ``seed``. Every other
-parameter is a *setting* (``configs/explainer/<name>.yaml``).
+representation-based one: ``model.encoder``, and ``output`` to pick its representation), ``checkpoints`` (TracIn)
+and ``seed``. Every other parameter is a *setting* (``configs/explainer/<name>.yaml``). Any ``nn.Module`` with an
+``encoder`` works: a model without a ``pretext_loss`` gives loss-based explainers its per-example ``loss=``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from labelfree.attribution.examples.base import ExampleImportance, LossBasedImportance
 from labelfree.attribution.examples.influence import InfluenceFunctions
-from labelfree.attribution.examples.objective import Objective
+from labelfree.attribution.examples.objective import LossFn, Objective
 from labelfree.attribution.examples.random import RandomExampleImportance
 from labelfree.attribution.examples.representation import DKNN, SimplEx
-from labelfree.attribution.examples.tracin import TracIn
-from labelfree.models.base import PretextModel
-from labelfree.training import Checkpoint
+from labelfree.attribution.examples.tracin import CheckpointLike, TracIn
+from labelfree.modules import OutputSelector
 
 __all__ = ["EXAMPLE_EXPLAINERS", "build_example_explainer", "example_settings", "requires_loss"]
 
@@ -32,7 +34,7 @@ EXAMPLE_EXPLAINERS: dict[str, type[ExampleImportance]] = {
 }
 
 #: Constructor parameters that :func:`build_example_explainer` supplies itself (never settings).
-_SUPPLIED = ("objective", "encoder", "checkpoints", "seed")
+_SUPPLIED = ("objective", "encoder", "checkpoints", "seed", "output")
 
 
 def _explainer_class(method: str) -> type[ExampleImportance]:
@@ -59,23 +61,30 @@ def example_settings(method: str) -> dict[str, Any]:
 
 def build_example_explainer(
     method: str,
-    model: PretextModel,
+    model: nn.Module,
     *,
-    checkpoints: Sequence[Checkpoint] = (),
+    checkpoints: Sequence[CheckpointLike] = (),
     seed: int = 0,
     objective: Objective | None = None,
+    loss: LossFn | None = None,
+    output: OutputSelector = None,
     **settings: Any,
 ) -> ExampleImportance:
     """The example explainer registered as ``method`` (a key of :data:`EXAMPLE_EXPLAINERS`) for ``model``.
 
     Args:
         method: ``"influence_functions"``, ``"tracin"``, ``"simplex"``, ``"dknn"`` or ``"random"``.
-        model: the trained model; representation-based explainers use ``model.encoder``.
-        checkpoints: TracIn's training checkpoints (at least one; ignored by the other methods).
+        model: the trained model (any ``nn.Module``); representation-based explainers use ``model.encoder``.
+        checkpoints: TracIn's training checkpoints (at least one; ignored by the other methods): ``Checkpoint``
+            objects, paths, state dicts, ... (:data:`~labelfree.attribution.examples.tracin.CheckpointLike`).
         seed: seed of the explainers that draw random numbers (influence functions, random); ignored by the others.
         objective: what loss-based explainers differentiate; ``None``: ``Objective(model)`` (the encoder's
             parameters, the model's pretext loss). Pass one objective to several loss-based explainers to
             share it; ignored by the others.
+        loss: the per-example loss ``loss(model, x, y) -> Tensor[n]`` of the default objective, for a model without
+            a ``pretext_loss`` (``Objective(model, loss=loss)``); not with ``objective``.
+        output: which part of ``model.encoder``'s output is the representation when it returns a tuple or dict
+            (index, key or callable; representation-based explainers only).
         settings: the explainer's own settings (:func:`example_settings`), as objects: a nested config node
             such as influence functions' ``solver`` must already be instantiated.
 
@@ -94,23 +103,32 @@ def build_example_explainer(
             f"Unknown setting(s) {unknown} for example explainer {method!r} ({cls.__name__}); "
             f"accepted: {sorted(accepted)}{hint}"
         )
+    if objective is not None and loss is not None:
+        raise ValueError("give either objective= or loss= to build_example_explainer, not both")
     parameters = inspect.signature(cls).parameters
     arguments: dict[str, Any] = {}
     if "objective" in parameters:
         if objective is None:
-            objective = Objective(model)  # refuses, with the reason, a model whose loss couples a batch
+            # refuses, with the reason, a model whose loss couples a batch (or without a loss)
+            objective = Objective(model) if loss is None else Objective(model, loss=loss)
         elif objective.model is not model:
             raise ValueError(f"the objective given for {method!r} differentiates another model than the one explained")
         arguments["objective"] = objective
     if "encoder" in parameters:
-        arguments["encoder"] = model.encoder
+        encoder = getattr(model, "encoder", None)
+        if not isinstance(encoder, nn.Module):
+            raise ValueError(f"{cls.__name__} ({method!r}) explains model.encoder, and {type(model).__name__} has no "
+                             "encoder submodule; build it directly on your encoder, e.g. SimplEx(my_encoder)")
+        arguments["encoder"] = encoder
+    if "output" in parameters:
+        arguments["output"] = output
     if "checkpoints" in parameters:
         if not checkpoints:
             raise ValueError(
                 f"{cls.__name__} ({method!r}) needs the checkpoints saved during training, got none: save "
                 "intermediate checkpoints (with the runner: a trainer.checkpoint_every below the number of epochs)"
             )
-        arguments["checkpoints"] = list(checkpoints)
+        arguments["checkpoints"] = checkpoints
     if "seed" in parameters:
         arguments["seed"] = seed
     return cls(**arguments, **settings)

@@ -10,21 +10,23 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from labelfree.attribution.examples.base import ExampleImportance, check_finite, check_positive_int
-from labelfree.modules import eval_mode, module_device
+from labelfree.modules import OutputSelector, eval_mode, module_device, select_output
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DKNN", "SimplEx"]
 
 
-def _represent(encoder: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _represent(encoder: nn.Module, x: Tensor, batch_size: int, output: OutputSelector = None) -> Tensor:
     """Flattened representations ``encoder(x)``, shape ``[n, d]``, on the encoder's device.
 
-    Computed batch by batch in eval mode under ``no_grad``; the modes are restored afterwards.
+    Computed batch by batch in eval mode under ``no_grad``; the modes are restored afterwards. ``output`` picks
+    the representation from an encoder that returns a tuple or dict (:func:`labelfree.modules.select_output`).
     """
     device = module_device(encoder)
     with eval_mode(encoder), torch.no_grad():
-        reps = [encoder(x[i : i + batch_size].to(device)).flatten(1) for i in range(0, len(x), batch_size)]
+        reps = [select_output(encoder(x[i : i + batch_size].to(device)), output).flatten(1)
+                for i in range(0, len(x), batch_size)]
     return torch.cat(reps)
 
 
@@ -35,16 +37,17 @@ class _RepresentationImportance(ExampleImportance):
     """An explainer that only reads representations ``encoder(x)`` (computed ``batch_size`` examples at a time):
     ``fit`` keeps the training ones, ``attribute`` compares the test ones with them."""
 
-    def __init__(self, encoder: nn.Module, batch_size: int) -> None:
+    def __init__(self, encoder: nn.Module, batch_size: int, output: OutputSelector = None) -> None:
         check_positive_int("batch_size", batch_size)
         self.encoder = encoder
         self.batch_size = batch_size
+        self.output = output
         self._train_reps: Tensor | None = None
 
     def fit(self: _Explainer, train_x: Tensor, train_y: Tensor | None = None) -> _Explainer:
         if len(train_x) == 0:
             raise ValueError(f"{type(self).__name__}.fit needs at least one training example")
-        self._train_reps = _represent(self.encoder, train_x, self.batch_size)
+        self._train_reps = _represent(self.encoder, train_x, self.batch_size, self.output)
         self._fitted = True
         return self
 
@@ -52,7 +55,7 @@ class _RepresentationImportance(ExampleImportance):
         """The training representations ``[n_train, d]`` kept by ``fit`` and those of ``test_x`` ``[n_test, d]``."""
         self._check_fitted()
         assert self._train_reps is not None
-        return self._train_reps, _represent(self.encoder, test_x, self.batch_size)
+        return self._train_reps, _represent(self.encoder, test_x, self.batch_size, self.output)
 
 
 class SimplEx(_RepresentationImportance):
@@ -80,6 +83,8 @@ class SimplEx(_RepresentationImportance):
         lr: initial Adam learning rate, > 0 (default 1.0, see above).
         cosine_decay: decay the learning rate to 0 over ``steps`` with a cosine schedule (default True).
         batch_size: examples per encoder call when computing representations.
+        output: for an encoder returning a tuple or dict, which part is the representation: an index, a key or a
+            callable (:func:`labelfree.modules.select_output`); ``None``: the output is a tensor.
     """
 
     def __init__(
@@ -89,10 +94,11 @@ class SimplEx(_RepresentationImportance):
         lr: float = 1.0,
         cosine_decay: bool = True,
         batch_size: int = 1024,
+        output: OutputSelector = None,
     ) -> None:
         check_positive_int("steps", steps)
         check_finite("SimplEx lr", lr, minimum=0.0, strict=True)
-        super().__init__(encoder, batch_size)
+        super().__init__(encoder, batch_size, output)
         self.steps = steps
         self.lr = lr
         self.cosine_decay = cosine_decay
@@ -132,11 +138,13 @@ class DKNN(_RepresentationImportance):
             representations that are close together, e.g. a random-weight encoder's; 1e-8 changes the
             largest scores of the benchmark's by about 1 %).
         batch_size: examples per encoder call when computing representations.
+        output: for an encoder returning a tuple or dict, which part is the representation (as for :class:`SimplEx`).
     """
 
-    def __init__(self, encoder: nn.Module, eps: float = 1e-12, batch_size: int = 1024) -> None:
+    def __init__(self, encoder: nn.Module, eps: float = 1e-12, batch_size: int = 1024,
+                 output: OutputSelector = None) -> None:
         check_finite("DKNN eps", eps, minimum=0.0, strict=True)
-        super().__init__(encoder, batch_size)
+        super().__init__(encoder, batch_size, output)
         self.eps = eps
 
     def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
