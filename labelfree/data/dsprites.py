@@ -27,6 +27,7 @@ import logging
 import shutil
 import time
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def _parse(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     start = time.perf_counter()
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError) as exc:  # truncated, or not an .npz (numpy then suspects a pickle)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:  # truncated, or not an .npz (a pickle?)
         raise ValueError(f"Corrupted dSprites file {path}: cannot read it as .npz ({exc}).") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"Corrupted dSprites file {path}: a single .npy array, not an .npz archive.")
@@ -121,7 +122,10 @@ def _parse(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         missing = [name for name in _ARRAYS if name not in archive.files]
         if missing:
             raise ValueError(f"Corrupted dSprites file {path}: arrays {missing} missing (found {archive.files}).")
-        imgs, classes, values = (archive[name] for name in _ARRAYS)
+        try:  # members are read lazily: a truncated archive fails here, not at np.load
+            imgs, classes, values = (archive[name] for name in _ARRAYS)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"Corrupted dSprites file {path}: cannot read its arrays ({exc}).") from exc
     size = DSPRITES_IMAGE_SIZE
     if imgs.ndim != 3 or imgs.shape[1:] != (size, size):
         raise ValueError(f"Corrupted dSprites file {path}: imgs has shape {imgs.shape}, expected [n, {size}, {size}].")

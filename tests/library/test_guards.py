@@ -256,3 +256,17 @@ def test_fingerprints_follow_content_and_are_remembered(tmp_path, monkeypatch):
     assert fingerprint_files([data], memo=memo)[0]["sha256"] != first[0]["sha256"] and len(calls) == 1
     memo.write_text("{not json")
     assert fingerprint_files([data], memo=memo)[0]["size"] == 3  # an unreadable memo is ignored
+
+
+def test_a_truncated_dsprites_archive_names_the_file(tmp_path):
+    """np.load reads members lazily: a cut archive must still fail with the file named, not a bare BadZipFile."""
+    from tests.fixtures.dsprites import write_dsprites_npz
+
+    from labelfree.data.dsprites import load_dsprites
+
+    root = write_dsprites_npz(tmp_path / "data", n=40, form="subset", seed=0)
+    (path,) = [p for p in root.rglob("*.npz")]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] + data[-200:])  # the directory at the end survives, members do not
+    with pytest.raises(ValueError, match=f"Corrupted dSprites file .*{path.name}"):
+        load_dsprites(root)
