@@ -120,3 +120,20 @@ bench:  ## explainers and metrics against lfxai (the bench extra), then the pape
 	$(PYTHON) scripts/bench_explainers.py --paper-scale --out $(BENCH_DIR)/paper_scale.md
 	$(PYTHON) scripts/bench_explainers.py --assemble $(BENCH_DIR)/workload.md $(BENCH_DIR)/paper_scale.md \
 		--out $(RESULTS)/BENCHMARKS.md
+
+# VAEs trained with a penalty on their label-free attributions (issue 21, docs/disvae_prior.md): beta-VAE and
+# beta-TCVAE x beta x lambda x seeds on MNIST 32x32, then the table, figure and claim rows under
+# $(RESULTS)/disvae_prior/$(SCALE). Paper scale: about 5x a plain step per training step (a GPU job).
+PRIOR_WEIGHTS ?= 0,0.001,0.005,0.01,0.1
+PRIOR_SEEDS_paper ?= 1,2,3,4,5
+PRIOR_SEEDS_quick ?= 1,2,3
+PRIOR_SEEDS_smoke ?= 1
+PRIOR_SEEDS ?= $(PRIOR_SEEDS_$(SCALE))
+.PHONY: disvae-prior
+
+disvae-prior:  ## VAEs trained with an attribution prior: losses x beta x lambda (PRIOR_WEIGHTS) x PRIOR_SEEDS
+	$(PYTHON) run.py -m experiment=mnist_disvae_prior scale=$(SCALE) model=$(DISVAE_MODELS) model.beta=$(DISVAE_BETAS) \
+		model.prior.weight=$(PRIOR_WEIGHTS) seed=$(PRIOR_SEEDS) skip_finished=true \
+		hydra.sweep.dir=$(RUNS)/mnist_disvae_prior/$(SCALE)/sweep \
+		'hydra.sweep.subdir="$${model.pretext}/beta=$${model.beta}/lambda=$${model.prior.weight}/seed=$${seed}"'
+	$(AGGREGATE) --study disvae_prior

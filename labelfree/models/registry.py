@@ -16,8 +16,10 @@ from labelfree.models.base import PretextModel
 from labelfree.models.classifier import Classifier
 from labelfree.models.lstm import LSTMAutoEncoder
 from labelfree.models.pretext import make_perturbation
+from labelfree.models.prior import PriorRegularised
 from labelfree.models.simclr import make_simclr
 from labelfree.models.vae import BetaTCVAE, BetaVAE, BurgessDecoder, BurgessEncoder
+from labelfree.priors import AttributionPrior
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {"mnist_conv": (MNISTEncoder, MNISTDecoder)}
 
@@ -110,8 +112,19 @@ MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PretextModel]] = {
 
 
 def build_model(config: Mapping[str, Any]) -> PretextModel:
-    """The model described by ``config`` (``config['name']`` selects the builder)."""
+    """The model described by ``config`` (``config['name']`` selects the builder).
+
+    A ``prior`` node with a weight > 0 wraps it in :class:`~labelfree.models.prior.PriorRegularised` (an
+    attribution prior in the training loss, :class:`~labelfree.priors.AttributionPrior`); weight 0 (or no node)
+    gives exactly the plain model.
+    """
     name = config.get("name")
     if name not in MODEL_BUILDERS:
         raise ValueError(f"Unknown model {name!r}; accepted: {sorted(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[name](config)
+    model = MODEL_BUILDERS[name](config)
+    prior = config.get("prior")
+    if prior is not None:
+        prior = AttributionPrior.from_config(prior)
+        if prior.weight > 0:
+            return PriorRegularised(model, prior)
+    return model
