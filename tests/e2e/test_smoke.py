@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from experiments.runner import run
+from experiments.runner import HISTORY, run
 from labelfree.protocols.disvae import METRICS
 from labelfree.protocols.pretext import TABLE
 from tests import ROOT
@@ -40,16 +40,19 @@ def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path, ref
     assert (run_dir / "config.yaml").exists()
     assert json.loads((run_dir / "summary.json").read_text())["scale"] == "smoke"
     assert summary["model_cached"] is False
-    for csv in run_dir.glob("*.csv"):
+    tables = [p for p in run_dir.glob("*.csv") if p.name != HISTORY]
+    history = pd.read_csv(run_dir / HISTORY)  # every model's per-epoch losses
+    assert {"epoch", "train_loss", "val_loss", "model"} <= set(history.columns) and len(history)
+    for csv in tables:
         frame = pd.read_csv(csv)
         assert {"method", "level", "metric", "value", "seed"} <= set(frame.columns)
         assert frame["value"].notna().all()
-    for stem in {p.stem for p in run_dir.glob("*.csv")}:
+    for stem in {p.stem for p in tables}:
         assert (run_dir / f"{stem}.png").exists() and (run_dir / f"{stem}.pdf").exists()
     assert not list(run_dir.glob(".*.tmp")), "a temporary file was left behind"
     # the same tables as the code before the restructuring wrote (tests/reference/make_reference_tables.py)
     references = sorted((REFERENCES / experiment).glob("*.csv"))
-    assert references and sorted(p.name for p in run_dir.glob("*.csv")) == [p.name for p in references]
+    assert references and sorted(p.name for p in tables) == [p.name for p in references]
     for reference in references:
         pd.testing.assert_frame_equal(pd.read_csv(run_dir / reference.name), pd.read_csv(reference))
 

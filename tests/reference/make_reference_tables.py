@@ -70,7 +70,7 @@ def main() -> None:
             target = OUT / experiment
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
-            for csv in sorted(run_dir.glob("*.csv")):
+            for csv in sorted(p for p in run_dir.glob("*.csv") if p.name != "training_history.csv"):
                 shutil.copy(csv, target / csv.name)
             print(experiment, sorted(p.name for p in target.iterdir()))
     if failures:
