@@ -40,16 +40,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from experiments.aggregation import (
-    Collected,
-    check_one_config,
-    collect,
-    expected_seeds,
-    format_mean_std,
-    mean_std,
-    remove_stale,
-    write_table,
-)
+from experiments import aggregation as agg
 from experiments.claims import Claim, claim_from, figure_link, fmt, paired, read_table
 from experiments.studies import disvae
 from experiments.study import Study, StudyResult
@@ -173,7 +164,7 @@ def _comparable(config: Mapping[str, object]) -> dict[str, object]:
                 or k in EXPLAIN_KEYS) and k != "model.beta"}
 
 
-def reused_vae_runs(own: Collected, vae: Collected) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def reused_vae_runs(own: agg.Collected, vae: agg.Collected) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """The VAE study's rows that stand for lambda = 0: runs of a (loss, beta, seed) this study has no lambda = 0
     run of, trained and explained as this study's runs of that loss. Also the runs left out, with the reason."""
     if vae.frame.empty or own.frame.empty:
@@ -203,7 +194,7 @@ def reused_vae_runs(own: Collected, vae: Collected) -> tuple[pd.DataFrame, list[
 def mean_std_table(stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """One row per (loss, beta, lambda); a ``mean +/- std`` column per metric; the number of seeds last."""
     keys = ["loss", "beta", "lambda"]
-    cells = stats.assign(cell=[format_mean_std(m, s, 3) for m, s in zip(stats["mean"], stats["std"])])
+    cells = stats.assign(cell=[agg.format_mean_std(m, s, 3) for m, s in zip(stats["mean"], stats["std"])])
     wide = cells.pivot(index=keys, columns="metric", values="cell").reindex(columns=list(metrics))
     wide["seeds"] = stats.groupby(keys)["n"].max()
     return wide.rename_axis(columns=None).reset_index()
@@ -211,11 +202,11 @@ def mean_std_table(stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 
 def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     """Tables and the figure of the prior study; lambda = 0 from the VAE study's runs where this study has none."""
-    own = collect(runs, TABLE, scale=scale, study="disvae_prior")
+    own = agg.collect(runs, TABLE, scale=scale, study="disvae_prior")
     if own.frame.empty:
         return []
-    check_one_config(own, ["experiment", "loss", "beta", "lambda"], TABLE)
-    vae = collect(runs, disvae.TABLE, experiment=REUSED_EXPERIMENT, scale=scale, study="disvae")
+    agg.check_one_config(own, ["experiment", "loss", "beta", "lambda"], TABLE)
+    vae = agg.collect(runs, disvae.TABLE, experiment=REUSED_EXPERIMENT, scale=scale, study="disvae")
     reused, skipped = reused_vae_runs(own, vae)
     frame = own.frame.assign(source=TABLE)
     if not reused.empty:
@@ -223,19 +214,19 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     out = results / FOLDER / scale
     present = set(frame["metric"])
     metrics = [m for m in (*disvae.METRICS, *EXTRA) if m in present]
-    stats = mean_std(frame, KEYS)
+    stats = agg.mean_std(frame, KEYS)
     written = [save_csv(frame, out / f"{PREFIX}runs.csv"), save_csv(stats, out / f"{PREFIX}stats.csv")]
-    written += write_table(mean_std_table(stats, metrics), out / f"{PREFIX}mean_std")
+    written += agg.write_table(mean_std_table(stats, metrics), out / f"{PREFIX}mean_std")
     seeds = sorted(frame["seed"].unique())
     title = (f"MNIST: VAEs trained with an attribution prior ({', '.join(sorted(set(own.frame['prior'])))}); "
              f"{len(seeds)} seed{'s' * (len(seeds) > 1)}")
     figure = plot_metric_by_lambda(frame, [m for m in ("pearson_pooled", "prior_test") if m in present], title, LABELS)
     written += save_figure(figure, out / f"{PREFIX}correlation")
-    record = own.record(expected_seeds(runs, scale))
+    record = own.record(agg.expected_seeds(runs, scale))
     record["reused_disvae_runs"] = sorted(set(reused["run_dir"])) if not reused.empty else []
     record["skipped_disvae_runs"] = [{"run_dir": r, "reason": why} for r, why in skipped]
     written.append(save_json(record, out / f"{PREFIX}runs.json"))
-    remove_stale(out, PREFIX, written)
+    agg.remove_stale(out, PREFIX, written)
     log.info("disvae_prior: %d runs, %d mnist_disvae runs reused for lambda = 0, %d not", len(own.runs),
              len(record["reused_disvae_runs"]), len(skipped))
     return written

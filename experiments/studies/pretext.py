@@ -22,17 +22,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.aggregation import (
-    for_experiment,
-    check_one_config,
-    collect,
-    copy_file,
-    expected_seeds,
-    format_mean_std,
-    mean_std,
-    remove_stale,
-    write_table,
-)
+from experiments import aggregation as agg
 from experiments.claims import Claim, Inequality, claim_from, figure_link, fmt, mean_by, paired, read_table
 from experiments.explainers import build_example_explainers, build_feature_explainers
 from experiments.studies.consistency import class_subset
@@ -158,7 +148,7 @@ def matrix_tables(stats: pd.DataFrame, tasks: Sequence[str]) -> dict[tuple[str, 
     """(kind, method, metric) -> a task x task table of ``mean +/- std`` cells (first column: ``task``)."""
     tables = {}
     for (kind, method, metric), part in stats.groupby(["kind", "method", "metric"], sort=False):
-        cells = part.assign(cell=[format_mean_std(m, s, DIGITS) for m, s in zip(part["mean"], part["std"])])
+        cells = part.assign(cell=[agg.format_mean_std(m, s, DIGITS) for m, s in zip(part["mean"], part["std"])])
         wide = cells.pivot(index="task_a", columns="task_b", values="cell").reindex(index=tasks, columns=list(tasks))
         tables[(str(kind), str(method), str(metric))] = wide.rename_axis(index="task", columns=None).reset_index()
     return tables
@@ -178,7 +168,7 @@ def pairs_table(stats: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
     pairs = pairs.assign(
         pair=[f"{a} / {b}" for a, b in zip(pairs["task_a"], pairs["task_b"])],
         column=[f"{k} {m} {c}" for k, m, c in zip(pairs["kind"], pairs["method"], pairs["metric"])],
-        cell=[format_mean_std(m, s, DIGITS) for m, s in zip(pairs["mean"], pairs["std"])],
+        cell=[agg.format_mean_std(m, s, DIGITS) for m, s in zip(pairs["mean"], pairs["std"])],
     )
     order = list(dict.fromkeys(pairs.sort_values(["metric", "kind"], ascending=[True, False], kind="stable")["column"]))
     wide = pairs.pivot(index="pair", columns="column", values="cell")
@@ -189,23 +179,23 @@ def pairs_table(stats: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
 
 def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     """Every table and figure of the pretext study, per pretext experiment, from the finished runs."""
-    found = collect(runs, TABLE, scale=scale, study="pretext")
+    found = agg.collect(runs, TABLE, scale=scale, study="pretext")
     written: list[Path] = []
     if found.frame.empty:
         return written
-    check_one_config(found, ["experiment"], TABLE)
-    record = found.record(expected_seeds(runs, scale))
+    agg.check_one_config(found, ["experiment"], TABLE)
+    record = found.record(agg.expected_seeds(runs, scale))
     for experiment, part in found.frame.groupby("experiment", sort=True):
         out = results / str(experiment) / scale
         frame = part
         tasks, seeds = _tasks(frame), sorted(int(s) for s in frame["seed"].unique())
-        stats = mean_std(frame, KEYS)
+        stats = agg.mean_std(frame, KEYS)
         files = [save_csv(frame, out / f"{TABLE}_runs.csv"), save_csv(stats, out / f"{TABLE}_mean_std.csv"),
-                 save_json(for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json")]
+                 save_json(agg.for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json")]
         for (kind, method, metric), table in matrix_tables(stats, tasks).items():
             numbers = stats[(stats["kind"] == kind) & (stats["method"] == method) & (stats["metric"] == metric)]
-            files += write_table(numbers, out / f"{PREFIX}{kind}_{method}_{metric}", display=table)
-        files += write_table(distinct_pairs(stats, tasks), out / f"{PREFIX}pairs", display=pairs_table(stats, tasks))
+            files += agg.write_table(numbers, out / f"{PREFIX}{kind}_{method}_{metric}", display=table)
+        files += agg.write_table(distinct_pairs(stats, tasks), out / f"{PREFIX}pairs", display=pairs_table(stats, tasks))
         title = (f"{dataset_label(frame['dataset'].iloc[0])}: how explanations correlate across pretext tasks "
                  f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
         files += save_figure(plot_pretext_correlations(frame, title), out / TABLE)
@@ -214,8 +204,8 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
             for suffix in (".png", ".pdf"):
                 source = first / f"{name}{suffix}"
                 if source.exists():
-                    files.append(copy_file(source, out / f"{name}_seed{seeds[0]}{suffix}"))
-        remove_stale(out, PREFIX, files)
+                    files.append(agg.copy_file(source, out / f"{name}_seed{seeds[0]}{suffix}"))
+        agg.remove_stale(out, PREFIX, files)
         log.info("%s: %d runs (seeds %s), %d skipped", experiment, part["run_dir"].nunique(), seeds, len(found.skipped))
         written += files
     return written
