@@ -137,3 +137,7 @@ disvae-prior:  ## VAEs trained with an attribution prior: losses x beta x lambda
 		hydra.sweep.dir=$(RUNS)/mnist_disvae_prior/$(SCALE)/sweep \
 		'hydra.sweep.subdir="$${model.pretext}/beta=$${model.beta}/lambda=$${model.prior.weight}/seed=$${seed}"'
 	$(AGGREGATE) --study disvae_prior
+
+.PHONY: gpu-check
+gpu-check:  ## on a CUDA machine: every experiment at smoke scale on the GPU and the paper-scale timings (results/DEVICES.md)
+	bash scripts/gpu_check.sh

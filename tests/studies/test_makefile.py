@@ -33,3 +33,15 @@ def _make_value(variable: str, scale: str) -> str:
                                                  ("PRETEXT_SEEDS", "1,2,3,4,5"), ("DISVAE_SEEDS", "1,2,3,4,5")])
 def test_paper_scale_seeds(variable, seeds):
     assert _make_value(variable, "paper") == seeds
+
+
+def test_the_gpu_check_refuses_to_run_without_cuda():
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the check would run")
+    done = subprocess.run([sys.executable, "-m", "experiments.devices", "--out", "/dev/null"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "no CUDA device" in done.stderr
