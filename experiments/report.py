@@ -65,7 +65,8 @@ def runs_read(results: Path, scale: str) -> pd.DataFrame:
                          "seeds": ", ".join(map(str, sorted(set(part["seed"])))),
                          "missing seeds": ", ".join(map(str, missing)) or "-",
                          "duplicates dropped": len(record.get("duplicates", [])),
-                         "runs finished": f"{dates.min()[:10]} to {dates.max()[:10]}" if len(dates) else "-"})
+                         "runs finished": f"{dates.min()[:10]} to {dates.max()[:10]}" if len(dates)
+                         else "not recorded (aggregated by earlier code; its runs were not kept)"})
     return pd.DataFrame(rows, columns=["experiment", "table", "seeds", "missing seeds", "duplicates dropped",
                                        "runs finished"])
 

@@ -216,7 +216,7 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     metrics = [m for m in (*disvae.METRICS, *EXTRA) if m in present]
     stats = agg.mean_std(frame, KEYS)
     written = [save_csv(frame, out / f"{PREFIX}runs.csv"), save_csv(stats, out / f"{PREFIX}stats.csv")]
-    written += agg.write_table(mean_std_table(stats, metrics), out / f"{PREFIX}mean_std")
+    written += agg.write_table(stats, out / f"{PREFIX}mean_std", display=mean_std_table(stats, metrics))
     seeds = sorted(frame["seed"].unique())
     title = (f"MNIST: VAEs trained with an attribution prior ({', '.join(sorted(set(own.frame['prior'])))}); "
              f"{len(seeds)} seed{'s' * (len(seeds) > 1)}")
