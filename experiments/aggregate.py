@@ -21,6 +21,13 @@ from experiments.studies import STUDIES
 log = logging.getLogger("experiments.aggregate")
 
 
+def redraw(results: Path, scale: str, studies: Sequence[str] | None = None) -> list[Path]:
+    """Draw every study's tables for people and figures again from the stacked rows kept under ``results``
+    (``*_runs.csv``), for results whose run folders are gone; the numbers are not recomputed."""
+    return [f for name in (studies or list(STUDIES)) if STUDIES[name].redraw is not None
+            for f in STUDIES[name].redraw(Path(results), scale)]
+
+
 def aggregate(runs: Sequence[Path], results: Path, scale: str, studies: Sequence[str] | None = None) -> list[Path]:
     """Aggregate the runs of ``studies`` (default: every registered study); return the files written."""
     names = list(STUDIES) if not studies else list(studies)
@@ -42,9 +49,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results", default="results", help="output root (default: results)")
     parser.add_argument("--scale", default="quick", choices=list(SCALES))
     parser.add_argument("--study", nargs="*", default=None, help=f"default: all of {sorted(STUDIES)}")
+    parser.add_argument("--redraw", action="store_true",
+                        help="only redraw tables and figures from the kept *_runs.csv (no run folders read)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    written = aggregate(args.runs, Path(args.results), args.scale, args.study)
+    if args.redraw:
+        written = redraw(Path(args.results), args.scale, args.study)
+    else:
+        written = aggregate(args.runs, Path(args.results), args.scale, args.study)
     log.info("wrote %d files under %s", len(written), args.results)
 
 

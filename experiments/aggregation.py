@@ -329,6 +329,24 @@ def for_experiment(record: dict, experiment: str) -> dict:
             "missing_seeds": record["missing_seeds"].get(experiment, [])}
 
 
+def write_levels(frame: pd.DataFrame, folder: Path, table: str, plot: Callable[[pd.DataFrame, str], object]) -> list[Path]:
+    """From one experiment's stacked rows: ``<table>_table.{csv,md,tex}`` and the figure under ``folder``."""
+    seeds = sorted(int(s) for s in frame["seed"].unique())
+    title = (f"{dataset_label(frame['dataset'].iloc[0])}: {TITLES.get(table, table.replace('_', ' '))} "
+             f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    return [*write_table(level_stats(frame), folder / f"{table}_table", display=level_table(frame)),
+            *save_figure(plot(frame, title), folder / table)]
+
+
+def redraw_levels(results: Path, scale: str, plots: dict[str, Callable[[pd.DataFrame, str], object]]) -> list[Path]:
+    """Tables and figures redrawn from the ``<table>_runs.csv`` an earlier aggregation kept (no run folders)."""
+    written: list[Path] = []
+    for table, plot in plots.items():
+        for path in sorted(results.glob(f"*/{scale}/{table}_runs.csv")):
+            written += write_levels(pd.read_csv(path), path.parent, table, plot)
+    return written
+
+
 def aggregate_levels(
     runs: Sequence[Path], results: Path, scale: str, study: str,
     plots: dict[str, Callable[[pd.DataFrame, str], object]],
@@ -352,10 +370,7 @@ def aggregate_levels(
             seeds = sorted(int(s) for s in frame["seed"].unique())
             written.append(save_csv(frame, folder / f"{table}_runs.csv"))
             written.append(save_json(for_experiment(record, str(experiment)), folder / f"{table}_runs.json"))
-            written += write_table(level_stats(frame), folder / f"{table}_table", display=level_table(frame))
-            title = (f"{dataset_label(frame['dataset'].iloc[0])}: {TITLES.get(table, table.replace('_', ' '))} "
-                     f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
-            written += save_figure(plot(frame, title), folder / table)
+            written += write_levels(frame, folder, table, plot)
             log.info("%s/%s: %d runs (seeds %s), %d skipped", experiment, table, part["run_dir"].nunique(), seeds,
                      len(found.skipped))
     return written

@@ -47,6 +47,8 @@ class Study:
             seeds into tables and figures under the results root.
         claims: ``(results root, scale, rules) -> claims``: the paper's claims checked on what ``aggregate``
             wrote; ``rules`` is this study's node of ``configs/claims.yaml``.
+        redraw: ``(results root, scale) -> files written``: the tables for people and the figures drawn again
+            from the stacked rows ``aggregate`` kept (``*_runs.csv``), when the run folders are gone.
     """
 
     name: str
@@ -56,6 +58,8 @@ class Study:
     aggregate: Callable[[Sequence[Path], Path, str], list[Path]]
     claims: Callable[[Path, str, Mapping[str, Any]], list["Claim"]]
     figures: tuple[str, ...] = ()
+    redraw: Callable[[Path, str], list[Path]] | None = None
+
 
     def outputs(self) -> list[str]:
         """File names one run writes (tables and figures), which a rerun removes before it starts."""

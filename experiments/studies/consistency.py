@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.aggregation import aggregate_levels
+from experiments.aggregation import aggregate_levels, redraw_levels
 from experiments.claims import (
     Claim,
     claim_from,
@@ -79,10 +79,17 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
     return result
 
 
+PLOTS = {FEATURES: plot_representation_shift, EXAMPLES: plot_similarity_rates}
+
+
 def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     """Per consistency experiment: every run's rows, the mean +/- std table across seeds and the figure."""
-    return aggregate_levels(runs, results, scale, "consistency",
-                            {FEATURES: plot_representation_shift, EXAMPLES: plot_similarity_rates})
+    return aggregate_levels(runs, results, scale, "consistency", PLOTS)
+
+
+def redraw(results: Path, scale: str) -> list[Path]:
+    """The tables and figures drawn again from the kept ``*_runs.csv``."""
+    return redraw_levels(results, scale, PLOTS)
 
 
 # ------------------------------------------------------------------------------------------- claims
@@ -158,4 +165,4 @@ def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
 
 
 STUDY = Study("consistency", "Consistency of label-free feature and example importance", (FEATURES, EXAMPLES), run,
-              aggregate, claims)
+              aggregate, claims, redraw=redraw)

@@ -177,6 +177,28 @@ def trend_table(frame: pd.DataFrame, stats: pd.DataFrame, metrics: Sequence[str]
     return pd.DataFrame(rows)
 
 
+def write_tables(frame: pd.DataFrame, out: Path) -> list[Path]:
+    """From the stacked rows of every VAE run: the statistics, the mean/std and trend tables and the figures."""
+    metrics = _metric_order(frame)
+    stats = mean_std(frame, KEYS)
+    written = [save_csv(stats, out / f"{PREFIX}stats.csv")]
+    written += write_table(stats, out / f"{PREFIX}mean_std", display=mean_std_table(stats, metrics))
+    written += write_table(trend_table(frame, stats, metrics), out / f"{PREFIX}trend")
+    for dataset, part in frame.groupby("dataset", sort=True):
+        seeds = sorted(part["seed"].unique())
+        title = (f"{dataset_label(dataset)}: how the latent units' saliency maps relate, against beta "
+                 f"({len(seeds)} seed{'s' * (len(seeds) > 1)} per model)")
+        written += save_figure(plot_metric_boxes(part, metrics, title, LABELS, limits=metric_limits(part)),
+                               out / f"{PREFIX}{dataset}_boxplots")
+    return written
+
+
+def redraw(results: Path, scale: str) -> list[Path]:
+    """The tables and figures drawn again from the kept ``disvae_runs.csv``."""
+    path = results / FOLDER / scale / f"{PREFIX}runs.csv"
+    return write_tables(pd.read_csv(path), path.parent) if path.exists() else []
+
+
 def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     """Every table and figure of the VAE study from the finished runs (both data sets in one folder)."""
     found = collect(runs, TABLE, scale=scale, study="disvae")
@@ -185,18 +207,7 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
         return []
     check_one_config(found, ["experiment", "loss", "beta"], TABLE)
     out = results / FOLDER / scale
-    metrics = _metric_order(frame)
-    stats = mean_std(frame, KEYS)
-    written = [save_csv(frame, out / f"{PREFIX}runs.csv"), save_csv(stats, out / f"{PREFIX}stats.csv")]
-    written += write_table(stats, out / f"{PREFIX}mean_std", display=mean_std_table(stats, metrics))
-    trend = trend_table(frame, stats, metrics)
-    written += write_table(trend, out / f"{PREFIX}trend")
-    for dataset, part in frame.groupby("dataset", sort=True):
-        seeds = sorted(part["seed"].unique())
-        title = (f"{dataset_label(dataset)}: how the latent units' saliency maps relate, against beta "
-                 f"({len(seeds)} seed{'s' * (len(seeds) > 1)} per model)")
-        written += save_figure(plot_metric_boxes(part, metrics, title, LABELS, limits=metric_limits(part)),
-                               out / f"{PREFIX}{dataset}_boxplots")
+    written = [save_csv(frame, out / f"{PREFIX}runs.csv"), *write_tables(frame, out)]
     for (dataset, loss, beta), part in frame.groupby(["dataset", "loss", "beta"], sort=True):
         seed = int(part["seed"].min())
         source = Path(part.loc[part["seed"] == seed, "run_dir"].iloc[0]) / f"{TABLE}.png"
@@ -268,4 +279,5 @@ def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
     return out
 
 
-STUDY = Study("disvae", "Disentangled VAEs: unit saliency maps against beta", (TABLE,), run, aggregate, claims)
+STUDY = Study("disvae", "Disentangled VAEs: unit saliency maps against beta", (TABLE,), run, aggregate, claims,
+              redraw=redraw)

@@ -177,6 +177,26 @@ def pairs_table(stats: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
     return wide.rename_axis(columns=None).reset_index()
 
 
+def write_tables(frame: pd.DataFrame, out: Path) -> list[Path]:
+    """From one experiment's stacked rows: the mean/std table, the task matrices, the pairs and the heatmaps."""
+    tasks, seeds = _tasks(frame), sorted(int(s) for s in frame["seed"].unique())
+    stats = agg.mean_std(frame, KEYS)
+    files = [save_csv(stats, out / f"{TABLE}_mean_std.csv")]
+    for (kind, method, metric), table in matrix_tables(stats, tasks).items():
+        numbers = stats[(stats["kind"] == kind) & (stats["method"] == method) & (stats["metric"] == metric)]
+        files += agg.write_table(numbers, out / f"{PREFIX}{kind}_{method}_{metric}", display=table)
+    files += agg.write_table(distinct_pairs(stats, tasks), out / f"{PREFIX}pairs", display=pairs_table(stats, tasks))
+    title = (f"{dataset_label(frame['dataset'].iloc[0])}: how explanations correlate across pretext tasks "
+             f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    return files + save_figure(plot_pretext_correlations(frame, title), out / TABLE)
+
+
+def redraw(results: Path, scale: str) -> list[Path]:
+    """The tables and heatmaps drawn again from the kept ``pretext_correlations_runs.csv``."""
+    return [f for path in sorted(results.glob(f"*/{scale}/{TABLE}_runs.csv"))
+            for f in write_tables(pd.read_csv(path), path.parent)]
+
+
 def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     """Every table and figure of the pretext study, per pretext experiment, from the finished runs."""
     found = agg.collect(runs, TABLE, scale=scale, study="pretext")
@@ -189,16 +209,9 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
         out = results / str(experiment) / scale
         frame = part
         tasks, seeds = _tasks(frame), sorted(int(s) for s in frame["seed"].unique())
-        stats = agg.mean_std(frame, KEYS)
-        files = [save_csv(frame, out / f"{TABLE}_runs.csv"), save_csv(stats, out / f"{TABLE}_mean_std.csv"),
-                 save_json(agg.for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json")]
-        for (kind, method, metric), table in matrix_tables(stats, tasks).items():
-            numbers = stats[(stats["kind"] == kind) & (stats["method"] == method) & (stats["metric"] == metric)]
-            files += agg.write_table(numbers, out / f"{PREFIX}{kind}_{method}_{metric}", display=table)
-        files += agg.write_table(distinct_pairs(stats, tasks), out / f"{PREFIX}pairs", display=pairs_table(stats, tasks))
-        title = (f"{dataset_label(frame['dataset'].iloc[0])}: how explanations correlate across pretext tasks "
-                 f"({len(seeds)} seed{'s' * (len(seeds) > 1)})")
-        files += save_figure(plot_pretext_correlations(frame, title), out / TABLE)
+        files = [save_csv(frame, out / f"{TABLE}_runs.csv"),
+                 save_json(agg.for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json"),
+                 *write_tables(frame, out)]
         first = Path(part.loc[part["seed"] == seeds[0], "run_dir"].iloc[0])
         for name in RUN_FIGURES:
             for suffix in (".png", ".pdf"):
@@ -285,4 +298,5 @@ def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
     return [claim]
 
 
-STUDY = Study("pretext", "Pretext-task sensitivity", (TABLE,), run, aggregate, claims, figures=RUN_FIGURES)
+STUDY = Study("pretext", "Pretext-task sensitivity", (TABLE,), run, aggregate, claims, figures=RUN_FIGURES,
+              redraw=redraw)

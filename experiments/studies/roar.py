@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.aggregation import aggregate_levels
+from experiments.aggregation import aggregate_levels, redraw_levels
 from experiments.cache import train_config
 from experiments.claims import Claim, claim_from, compare_methods, figure_link, fmt, mean_by, read_table, resolve_methods
 from experiments.explainers import build_feature_explainers
@@ -62,6 +62,11 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     return aggregate_levels(runs, results, scale, "roar", {TABLE: plot_roar})
 
 
+def redraw(results: Path, scale: str) -> list[Path]:
+    """The table and figure drawn again from the kept ``roar_runs.csv``."""
+    return redraw_levels(results, scale, {TABLE: plot_roar})
+
+
 def roar_claim(frame: pd.DataFrame | None, rules: Mapping[str, Any]) -> Claim:
     """Retraining without the top-k % pixels by each named explainer gives a higher clean test loss than
     without random pixels, at every k of ``rules.levels``."""
@@ -88,4 +93,5 @@ def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
     return [claim]
 
 
-STUDY = Study(name="roar", title="RemOve And Retrain", tables=(TABLE,), run=run, aggregate=aggregate, claims=claims)
+STUDY = Study(name="roar", title="RemOve And Retrain", tables=(TABLE,), run=run, aggregate=aggregate, claims=claims,
+              redraw=redraw)

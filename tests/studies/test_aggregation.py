@@ -110,3 +110,18 @@ def test_keep_copies_small_outputs_of_finished_runs_only(tmp_path):
                      "e/quick/seed=1/summary.json"}
     assert keep(runs, kept) == []  # nothing changed, nothing copied
     assert sorted(collect([kept], "t").frame["seed"].unique()) == [1]
+
+
+def test_redraw_rewrites_tables_and_figures_from_kept_rows_only(tmp_path):
+    from experiments.aggregate import redraw
+
+    folder = tmp_path / "results" / "mnist_roar" / "quick"
+    folder.mkdir(parents=True)
+    rows = [{"experiment": "mnist_roar", "dataset": "mnist", "model": "ae", "seed": s, "method": m, "level": k,
+             "metric": "test_loss", "value": v + 0.01 * s, "std": 0.1, "n": 10}
+            for s in (1, 2) for m, v in (("gradient_shap", 0.09), ("random_features", 0.05)) for k in (10.0, 20.0)]
+    pd.DataFrame(rows).to_csv(folder / "roar_runs.csv", index=False)
+    written = {p.name for p in redraw(tmp_path / "results", "quick", ["roar"])}
+    assert {"roar_table.csv", "roar_table.md", "roar_table.tex", "roar.png", "roar.pdf"} <= written
+    table = pd.read_csv(folder / "roar_table.csv")
+    assert table["mean"].notna().all() and set(table["n"]) == {2} and set(table["seed_list"]) == {"1, 2"}
