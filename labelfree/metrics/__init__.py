@@ -11,6 +11,8 @@
   (:func:`pearson_matrix`, :func:`spearman_matrix`), averaged over off-diagonal pairs
   (:func:`mean_off_diagonal`; :mod:`labelfree.metrics.correlation`).
 * Saliency maps of the latent units of disentangled VAEs (:mod:`labelfree.metrics.units`).
+* Structured inputs: token, node-feature and edge masks and the graph representation shift
+  (:mod:`labelfree.metrics.structured`; :func:`graph_representation_shift` encodes one graph per explained node).
 * Percentages (the configs' unit) to fractions and counts (:mod:`labelfree.metrics.percentages`).
 
 :data:`HIGHER_IS_BETTER` says, for every metric, whether a higher value is better.
@@ -21,11 +23,22 @@ batches, to bound memory.
 from __future__ import annotations
 
 from labelfree.metrics import correlation, masks, percentages, shift, similarity, units
+from labelfree.metrics import structured
 from labelfree.metrics.correlation import mean_off_diagonal, pearson_matrix, spearman_matrix
 from labelfree.metrics.masks import LAYOUTS, mask_features, top_feature_mask
 from labelfree.metrics.percentages import percent_to_count, percent_to_fraction
 from labelfree.metrics.shift import representation_shift
 from labelfree.metrics.similarity import similarity_rate_curves, similarity_rates
+from labelfree.metrics.structured import (
+    graph_representation_shift,
+    k_hop_nodes,
+    mask_node_features,
+    mask_tokens,
+    remove_edges,
+    top_edge_mask,
+    top_node_feature_mask,
+    top_token_mask,
+)
 from labelfree.metrics.units import (
     UNIT_CORRELATIONS,
     active_units,
@@ -45,6 +58,7 @@ __all__ = [
     *similarity.__all__,
     *correlation.__all__,
     *units.__all__,
+    *structured.__all__,
 ]
 
 #: Whether a higher value of each metric is better. ``None``: descriptive, no preferred direction
