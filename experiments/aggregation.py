@@ -323,9 +323,9 @@ def level_table(frame: pd.DataFrame) -> pd.DataFrame:
     return wide.assign(seeds=seeds, seed_list=which).reset_index()
 
 
-def for_experiment(record: dict, experiment: str) -> dict:
-    """The part of a :meth:`Collected.record` about one experiment."""
-    return {**record, "seeds": record["seeds"].get(experiment, []),
+def for_experiment(record: dict, experiment: str, frame: pd.DataFrame) -> dict:
+    """The part of a :meth:`Collected.record` about one experiment (``frame``: that experiment's rows)."""
+    return {**record, "runs": sorted(frame["run_dir"].unique()), "seeds": record["seeds"].get(experiment, []),
             "missing_seeds": record["missing_seeds"].get(experiment, [])}
 
 
@@ -369,7 +369,7 @@ def aggregate_levels(
             frame = part
             seeds = sorted(int(s) for s in frame["seed"].unique())
             written.append(save_csv(frame, folder / f"{table}_runs.csv"))
-            written.append(save_json(for_experiment(record, str(experiment)), folder / f"{table}_runs.json"))
+            written.append(save_json(for_experiment(record, str(experiment), part), folder / f"{table}_runs.json"))
             written += write_levels(frame, folder, table, plot)
             log.info("%s/%s: %d runs (seeds %s), %d skipped", experiment, table, part["run_dir"].nunique(), seeds,
                      len(found.skipped))

@@ -48,7 +48,7 @@ def _label(method: str) -> str:
     return LABELS.get(method, method)
 
 
-def _wrap(title: str, width: int = 50) -> str:
+def _wrap(title: str, width: int = 40) -> str:
     """A title broken into lines that fit a one-column figure."""
     return textwrap.fill(title, width)
 

@@ -210,7 +210,7 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
         frame = part
         tasks, seeds = _tasks(frame), sorted(int(s) for s in frame["seed"].unique())
         files = [save_csv(frame, out / f"{TABLE}_runs.csv"),
-                 save_json(agg.for_experiment(record, str(experiment)), out / f"{TABLE}_runs.json"),
+                 save_json(agg.for_experiment(record, str(experiment), part), out / f"{TABLE}_runs.json"),
                  *write_tables(frame, out)]
         first = Path(part.loc[part["seed"] == seeds[0], "run_dir"].iloc[0])
         for name in RUN_FIGURES:
