@@ -3,7 +3,7 @@
     python -m experiments.keep --runs outputs --to results/runs
 
 Copies, for every finished run under ``--runs`` (one with a ``summary.json``), its tidy CSVs, ``config.yaml``,
-``summary.json``, figures and Hydra's ``.hydra/overrides.yaml`` (never model weights: those live in the model
+``summary.json``, figures (PNG) and Hydra's ``.hydra/overrides.yaml`` (never model weights: those live in the model
 cache), and every sweep's ``multirun.yaml`` (the seeds it asked for), to the same relative path under ``--to``.
 ``make figures`` and ``make report`` read ``--to`` as well as ``outputs/``, so a sweep spread over several
 machines accumulates in git and a lost machine loses at most the run in progress. Copying twice changes nothing.
@@ -21,7 +21,7 @@ from experiments.aggregation import SUMMARY, copy_file
 log = logging.getLogger("experiments.keep")
 
 #: what a run folder keeps (glob patterns relative to it); weights and caches never
-KEPT = ("*.csv", "*.png", "*.pdf", "config.yaml", SUMMARY, ".hydra/overrides.yaml")
+KEPT = ("*.csv", "*.png", "config.yaml", SUMMARY, ".hydra/overrides.yaml")  # PNG only: the PDFs are for the aggregated figures
 
 
 def keep(runs: Path, to: Path) -> list[Path]:
