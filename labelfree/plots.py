@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec
 
 import matplotlib
 
@@ -17,6 +19,8 @@ from labelfree.io import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np
+
+P = ParamSpec("P")
 
 LABELS = {
     "integrated_gradients": "Integrated Gradients",
@@ -40,8 +44,23 @@ DATASETS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "dspr
 COLUMN, PAGE = 3.4, 7.0
 #: below this many seeds a figure shows every seed's point with the mean and +/- 1 s.d.; from it, boxes
 FEW_SEEDS = 5
-plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
-                     "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "savefig.dpi": 300})
+#: font sizes readable at these widths; applied inside each figure function only (``styled``), never to the
+#: importing program's matplotlib settings
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9}
+DPI = 300  # PNG resolution
+
+
+def styled(draw: Callable[P, Figure]) -> Callable[P, Figure]:
+    """Run a figure function under :data:`STYLE` (``matplotlib.rc_context``): the figure keeps the style,
+    the caller's rcParams are left as they were."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Figure:
+        with plt.rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def _label(method: str) -> str:
@@ -81,6 +100,7 @@ def _legend_below(fig: Figure, ax: object, ncol: int = 3) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(handles)), frameon=False)
 
 
+@styled
 def plot_level_curves(results: pd.DataFrame, metric: str, xlabel: str, ylabel: str, title: str = "") -> Figure:
     """``metric`` against the level, one line per method: the mean across seeds and, with several seeds, every
     seed's point and +/- 1 s.d. across seeds. One column wide; the legend sits below the axes."""
@@ -96,12 +116,14 @@ def plot_level_curves(results: pd.DataFrame, metric: str, xlabel: str, ylabel: s
     return fig
 
 
+@styled
 def plot_representation_shift(results: pd.DataFrame, title: str = "") -> Figure:
     """Representation shift against the % of masked features, one line per method (``metric == representation_shift``)."""
     return plot_level_curves(results, "representation_shift", "features masked (%)",
                              r"representation shift $\|f(x) - f(\tilde x)\|^2$", title)
 
 
+@styled
 def plot_similarity_rates(results: pd.DataFrame, title: str = "") -> Figure:
     """Similarity rate against M, one colour per method: solid for the M most, dashed for the M least important
     examples (mean across seeds; with several seeds every seed's point and +/- 1 s.d.)."""
@@ -125,6 +147,7 @@ def plot_similarity_rates(results: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
+@styled
 def plot_roar(results: pd.DataFrame, title: str = "") -> Figure:
     """ROAR: clean test loss after retraining without the top-k% pixels, one line per method."""
     return plot_level_curves(results, "test_loss", "training pixels removed (%)", "test loss after retraining", title)
@@ -136,7 +159,7 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
     for suffix in (".png", ".pdf"):
         path = Path(stem).with_suffix(suffix)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=suffix[1:])
+            fig.savefig(tmp, format=suffix[1:], dpi=DPI)
         paths.append(path)
     plt.close(fig)
     return paths
@@ -167,6 +190,7 @@ def _finish_image_grid(fig: Figure, axes: np.ndarray, title: str, title_size: st
     return fig
 
 
+@styled
 def plot_pretext_correlations(
     results: pd.DataFrame, title: str = "", metrics: tuple[str, ...] = ("pearson", "spearman")
 ) -> Figure:
@@ -206,6 +230,7 @@ def plot_pretext_correlations(
     return fig
 
 
+@styled
 def plot_pretext_saliency(images: object, saliency: dict[str, object], title: str = "") -> Figure:
     """The same test images (top row, ``[n, C, H, W]``) and their saliency maps by each task (task -> ``[n, C, H, W]``).
 
@@ -231,6 +256,7 @@ def plot_pretext_saliency(images: object, saliency: dict[str, object], title: st
     return _finish_image_grid(fig, axes, _wrap(title, 70), "medium")
 
 
+@styled
 def plot_pretext_top_examples(images: object, top: dict[str, object], title: str = "") -> Figure:
     """For each test image (``[n, C, H, W]``, left) one row per task with its top training examples
     (task -> ``[n, k, C, H, W]``, most important first)."""
@@ -284,6 +310,7 @@ def plot_unit_saliency(images: object, maps: object, title: str = "", unit_kl: l
     return _finish_image_grid(fig, axes, _wrap(title, 70), "medium")
 
 
+@styled
 def plot_metric_boxes(results: pd.DataFrame, metrics: list[str], title: str = "", labels: dict[str, str] | None = None,
                       ncols: int = 4, limits: dict[str, tuple[float, float]] | None = None) -> Figure:
     """Each metric against beta (one panel each, ``ncols`` per row), one colour per loss.

@@ -11,7 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from labelfree.plots import styled  # noqa: E402
 
+
+@styled
 def plot_metric_by_lambda(frame: pd.DataFrame, metrics: Sequence[str], title: str = "",
                           labels: Mapping[str, str] | None = None) -> Figure:
     """One row of panels per metric, one panel per loss: the metric against beta, one line per lambda (the mean

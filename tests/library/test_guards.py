@@ -21,22 +21,11 @@ from labelfree.data.ecg5000 import feature_split, load_ecg5000
 from labelfree.data.splits import build_dataset
 from labelfree.guards import NonFiniteError, check_finite, nonfinite_entries
 from labelfree.io import atomic_path, fingerprint_files, load_torch, remove_stale_tmp, save_csv, save_torch
-from labelfree.models import AutoEncoder, Identity, MNISTDecoder, MNISTEncoder
 from labelfree.protocols.consistency import consistency_examples
 from labelfree.training import TrainConfig, TrainingDivergedError, rng_state, set_rng_state, train
 from tests.fixtures.dsprites import write_dsprites_npz
 from tests.fixtures.ecg5000 import write_ecg5000
-
-
-def small_data(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g)
-    return x[: n - 32], x[n - 32 :]
-
-
-def make_model(perturbation=None, seed=0):
-    torch.manual_seed(seed)
-    return AutoEncoder(MNISTEncoder(4), MNISTDecoder(4), perturbation or Identity())
+from tests.fixtures.models import make_model, small_data
 
 
 # ------------------------------------------------------------------------------------------ check_finite

@@ -11,20 +11,10 @@ from torch import nn
 from omegaconf import OmegaConf
 
 from labelfree.io import load_torch
-from labelfree.models import AutoEncoder, GaussianNoise, Identity, MNISTDecoder, MNISTEncoder, RandomMask
+from labelfree.models import GaussianNoise, RandomMask
 from labelfree.training import TrainConfig, TrainingDivergedError, evaluate, train
 from tests import ROOT
-
-
-def small_data(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g)
-    return x[: n - 32], x[n - 32 :]
-
-
-def make_model(perturbation=None, seed=0):
-    torch.manual_seed(seed)
-    return AutoEncoder(MNISTEncoder(4), MNISTDecoder(4), perturbation or Identity())
+from tests.fixtures.models import make_model, small_data
 
 
 def test_checkpoints_recorded_with_learning_rates_and_best_restored(tmp_path):
