@@ -58,8 +58,9 @@ keep:  ## copy every finished run's small outputs (tables, config, summary, figu
 figures:  ## every study's aggregation of the runs under RUNS into RESULTS (SCALE)
 	$(AGGREGATE)
 
-report:  ## the claim report of SCALE from the aggregated results (RESULTS/REPORT-<scale>.md)
+report:  ## the claim report of SCALE (RESULTS/REPORT-<scale>.md) and its wall times (RESULTS/TIMES-<scale>.md)
 	$(PYTHON) -m experiments.report --results $(RESULTS) --scale $(SCALE)
+	$(PYTHON) -m experiments.timings --runs $(RUNS) $(KEPT_RUNS) --scale $(SCALE) --out $(RESULTS)/TIMES-$(SCALE).md
 
 # Every experiment, then every figure, table and the claim report. Restartable: finished runs are
 # skipped and trained models come from the cache.

@@ -164,6 +164,7 @@ def train_or_load(
                 "checkpoints": [{"file": str(c.path.relative_to(folder)), "learning_rate": c.learning_rate,
                                  "size": c.path.stat().st_size} for c in result.checkpoints],
                 "train_seconds": time.perf_counter() - start,
+                "resumed_from_epoch": result.resumed_from,
                 "device": device.type,
             }
             save_torch(model.state_dict(), weights)

@@ -95,6 +95,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "device": resolve_device(cfg.device).type,
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
         }
         result = study.run(cfg, bench)
         for table, frame in result.tables.items():
@@ -110,6 +111,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             tracker.log_history(history)
         summary["training"] = bench.training_summary()
         summary["model_cached"] = all(t["model_cached"] for t in summary["training"].values())
+        # wall_seconds then leaves out the epochs trained before the interruption
+        summary["training_resumed"] = any(t.get("resumed_from_epoch", 0) > 0 for t in summary["training"].values())
         summary["wall_seconds"] = time.perf_counter() - start
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         save_json(summary, run_dir / "summary.json")

@@ -69,6 +69,7 @@ class Workbench:
             variant: {
                 "model_cached": t.info["cached"],
                 "train_seconds": t.info.get("train_seconds"),
+                "resumed_from_epoch": t.info.get("resumed_from_epoch", 0),
                 "epochs_trained": len(t.info["history"]),
                 "best_epoch": t.info["best_epoch"],
                 "best_val_loss": t.info["best_val_loss"],

@@ -98,6 +98,8 @@ class TrainResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    #: the epoch an interrupted training resumed from (0: trained from the start in this call)
+    resumed_from: int = 0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -247,7 +249,7 @@ def train(
         else:
             best_state = resumed_best
             result.history, result.best_epoch, result.best_val_loss = history, best_epoch, best_val_loss
-            result.checkpoints = checkpoints
+            result.checkpoints, result.resumed_from = checkpoints, start_epoch
             log.info("resuming training from epoch %d (%s)", start_epoch, state_path)
 
     progress = tqdm(range(start_epoch, config.epochs + 1), desc=f"train {type(model).__name__}", leave=False)

@@ -62,6 +62,7 @@ def test_resume_after_interruption_gives_same_weights(tmp_path):
     resumed = make_model(RandomMask(0.2), seed=99)  # different init: everything must come from last.pt
     result = train(resumed, train_x, val_x, TrainConfig(epochs=4, batch_size=32, checkpoint_every=1), seed=3, checkpoint_dir=tmp_path / "b")
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert result.resumed_from == 3  # the run summary says its wall time left epochs 1-2 out
     for key, value in full.state_dict().items():
         torch.testing.assert_close(value, resumed.state_dict()[key])
 

@@ -1,0 +1,75 @@
+"""The wall-time table: measured parts from summary.json, one row per run found twice, estimates only where no
+run measured the part."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments.timings import collect_timings, load_estimates, timing_table, write_timings
+
+
+def _run(root: Path, relative: str, seconds: float, finished: str, cached: bool = False, scale: str = "paper",
+         experiment: str = "mnist_consistency") -> None:
+    folder = root / experiment / scale / relative
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({
+        "experiment": experiment, "scale": scale, "seed": int(relative.rsplit("=", 1)[-1]), "device": "cpu",
+        "threads": 2, "wall_seconds": seconds, "model_cached": cached, "finished_at": finished}))
+
+
+def test_measured_parts_and_duplicates(tmp_path: Path) -> None:
+    outputs, kept = tmp_path / "outputs", tmp_path / "kept"
+    _run(outputs, "features/seed=1", 600.0, "2026-12-01T10:00:00+00:00")
+    _run(kept, "features/seed=1", 540.0, "2026-11-30T10:00:00+00:00")  # the same run kept earlier: counts once
+    _run(outputs, "features/seed=2", 1200.0, "2026-12-01T11:00:00+00:00")
+    _run(outputs, "examples/seed=1", 60.0, "2026-12-01T12:00:00+00:00", cached=True)
+    _run(outputs, "features/seed=3", 5.0, "2026-12-01T12:00:00+00:00", scale="quick")  # another scale
+    frame = collect_timings([outputs, kept], "paper")
+    assert sorted(frame["run"]) == ["seed=1", "seed=1", "seed=2"]
+    features = frame[frame["part"] == "features"].set_index("run")["wall_seconds"]
+    assert features["seed=1"] == 600.0  # the one that finished last
+    table = timing_table(frame, {}).set_index("part")
+    assert table.loc["mnist_consistency/features", "runs"] == 2
+    assert table.loc["mnist_consistency/features", "minutes per run (median)"] == "15.0"
+    assert table.loc["mnist_consistency/features", "total hours"] == "0.50"
+    assert table.loc["mnist_consistency/examples", "source"] == "measured, models from the cache"
+
+
+def test_estimates_fill_only_unmeasured_parts(tmp_path: Path) -> None:
+    _run(tmp_path, "features/seed=1", 600.0, "2026-12-01T10:00:00+00:00")
+    estimates = {"mnist_consistency/features": {"runs": 3, "minutes_per_run": 99, "basis": "guess"},
+                 "mnist_roar/sweep": {"runs": 1, "minutes_per_run": 180, "basis": "scaled from quick"}}
+    table = timing_table(collect_timings([tmp_path], "paper"), estimates).set_index("part")
+    assert table.loc["mnist_consistency/features", "source"] == "measured"
+    assert table.loc["mnist_roar/sweep", "source"] == "estimate (scaled from quick)"
+    assert table.loc["mnist_roar/sweep", "total hours"] == "~3.0"
+    out = tmp_path / "TIMES-paper.md"
+    write_timings([tmp_path], "paper", out)
+    assert "mnist_consistency/features" in out.read_text()
+
+
+def test_estimates_file_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "timings.yaml"
+    path.write_text("paper:\n  a/b: {runs: 1, basis: x}\n")
+    with pytest.raises(ValueError, match="minutes_per_run"):
+        load_estimates("paper", path)
+    assert load_estimates("quick", path) == {}
+
+
+def test_the_project_estimates_parse() -> None:
+    estimates = load_estimates("paper")
+    assert "mnist_roar/sweep" in estimates and all(v["minutes_per_run"] > 0 for v in estimates.values())
+
+
+def test_resumed_training_is_listed_apart(tmp_path: Path) -> None:
+    _run(tmp_path, "features/seed=1", 600.0, "2026-12-01T10:00:00+00:00")
+    folder = tmp_path / "mnist_consistency" / "paper" / "features" / "seed=2"
+    _run(tmp_path, "features/seed=2", 30.0, "2026-12-01T11:00:00+00:00")
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "training_resumed": True}))
+    table = timing_table(collect_timings([tmp_path], "paper"), {})
+    assert sorted(table["source"]) == ["measured", "measured, training resumed (earlier epochs not counted)"]
+    assert table[table["source"] == "measured"]["runs"].item() == 1
