@@ -46,6 +46,8 @@ class Claim:
     satisfied: int = 0          # seeds that satisfy every inequality on their own
     figure: str | None = None
     note: str = ""              # e.g. what is missing for an incomplete claim
+    scale: str = ""             # the scale the row rests on (set by the report)
+    status: str = ""            # the report's wording when the row rests on another scale's evidence
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

@@ -218,3 +218,34 @@ def test_report_on_a_results_folder_names_scale_settings_and_dates(tmp_path):
 @pytest.mark.parametrize("study", sorted(RULES))
 def test_every_study_has_rules_with_a_confidence(study):
     assert 0 < RULES[study]["confidence"] < 1
+
+
+def test_paper_report_rows_rest_on_quick_evidence_only_when_not_run_at_paper_scale(tmp_path):
+    for scale, better in (("quick", 2.0), ("paper", 3.0)):
+        folder = tmp_path / "mnist_consistency" / scale
+        folder.mkdir(parents=True)
+        _features(better, 1.0).assign(experiment="mnist_consistency").to_csv(
+            folder / "consistency_features_runs.csv", index=False)
+    folder = tmp_path / "cifar10_consistency" / "quick"
+    folder.mkdir(parents=True)
+    _features(2.0, 1.0).assign(experiment="cifar10_consistency").to_csv(
+        folder / "consistency_features_runs.csv", index=False)
+    extra = report.report_rules()
+    assert extra["fallback"] == {"paper": "quick"} and "CIFAR-10" in extra["needs_gpu"]
+    claims = report.with_fallback(report.collect_claims(tmp_path, "paper"), "paper",
+                                  report.collect_claims(tmp_path, "quick"), "quick", extra["needs_gpu"])
+    rows = {c.claim: c for c in claims}
+    assert rows["Feature consistency, MNIST"].scale == "paper" and rows["Feature consistency, MNIST"].status == ""
+    cifar = rows["Feature consistency, CIFAR-10"]
+    assert cifar.scale == "quick" and cifar.status == "needs GPU, quick-scale evidence only: holds"
+    assert rows["Example consistency, CIFAR-10"].status == "needs GPU, no evidence yet"
+    assert rows["ROAR, MNIST"].verdict == NOT_RUN and rows["ROAR, MNIST"].scale == "-"
+    text = report.render(claims, "paper")
+    assert "| needs GPU, quick-scale evidence only: holds |" in text
+
+
+def test_report_fallback_names_known_scales(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("report:\n  fallback: {paper: huge}\n")
+    with pytest.raises(ValueError, match="huge"):
+        report.report_rules(path)
