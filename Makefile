@@ -21,9 +21,11 @@ CONSISTENCY := mnist_consistency:$(MNIST_SEEDS) ecg5000_consistency:$(ECG_SEEDS)
 KEPT_RUNS ?= $(RESULTS)/runs
 AGGREGATE = $(PYTHON) -m experiments.aggregate --runs $(RUNS) $(KEPT_RUNS) --results $(RESULTS) --scale $(SCALE)
 
-# $(call sweep,experiment,seeds,subfolder,extra overrides)
+# $(call sweep,experiment,seeds,subfolder,extra overrides); OVERRIDES (command line) reach every sweep, e.g.
+# make consistency-examples SCALE=paper CONSISTENCY=ecg5000_consistency:42 OVERRIDES='protocol.examples.explainers=[influence_functions_arnoldi,tracin,simplex,dknn]'
+OVERRIDES ?=
 sweep = $(PYTHON) run.py -m experiment=$(1) scale=$(SCALE) seed=$(2) skip_finished=true \
-	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4)
+	hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/$(3) 'hydra.sweep.subdir="seed=$${seed}"' $(4) $(OVERRIDES)
 
 .PHONY: help install test test-all keep quick paper figures report consistency-features consistency-examples roar bench
 
@@ -96,13 +98,13 @@ DISVAE_SEEDS_paper ?= 1,2,3,4,5
 DISVAE_SEEDS_quick ?= 1,2,3
 DISVAE_SEEDS_smoke ?= 1,2
 DISVAE_SEEDS ?= $(DISVAE_SEEDS_$(SCALE))
-DISVAE_EXPERIMENTS := mnist_disvae dsprites_disvae
+DISVAE_EXPERIMENTS ?= mnist_disvae dsprites_disvae
 .PHONY: disvae disvae-smoke
 
 # $(call disvae_sweep,experiment)
 disvae_sweep = $(PYTHON) run.py -m experiment=$(1) model=$(DISVAE_MODELS) model.beta=$(DISVAE_BETAS) scale=$(SCALE) \
 	seed=$(DISVAE_SEEDS) skip_finished=true hydra.sweep.dir=$(RUNS)/$(1)/$(SCALE)/sweep \
-	'hydra.sweep.subdir="$${model.pretext}/beta=$${model.beta}/seed=$${seed}"'
+	'hydra.sweep.subdir="$${model.pretext}/beta=$${model.beta}/seed=$${seed}"' $(OVERRIDES)
 
 disvae:  ## disentangled VAEs on MNIST and dSprites (DISVAE_MODELS x DISVAE_BETAS x DISVAE_SEEDS)
 	$(foreach experiment,$(DISVAE_EXPERIMENTS),$(call disvae_sweep,$(experiment)) &&) true

@@ -45,3 +45,27 @@ def test_the_gpu_check_refuses_to_run_without_cuda():
     done = subprocess.run([sys.executable, "-m", "experiments.devices", "--out", "/dev/null"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode != 0 and "no CUDA device" in done.stderr
+
+
+def test_one_run_of_one_experiment_with_extra_overrides():
+    arnoldi = "protocol.examples.explainers=[influence_functions_arnoldi,tracin,simplex,dknn]"
+    out = subprocess.run(["make", "-s", "-n", "SCALE=paper", "consistency-examples",
+                          "CONSISTENCY=ecg5000_consistency:42", f"OVERRIDES={arnoldi}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    runs = [line for line in out.splitlines() if "run.py" in line]
+    assert len(runs) == 1 and "experiment=ecg5000_consistency" in runs[0] and "seed=42" in runs[0]
+    assert f" {arnoldi} " in f"{runs[0]} "
+    out = subprocess.run(["make", "-s", "-n", "SCALE=paper", "disvae", "DISVAE_EXPERIMENTS=mnist_disvae",
+                          "DISVAE_MODELS=tc_vae", "DISVAE_BETAS=5", "DISVAE_SEEDS=2"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    runs = [line for line in out.splitlines() if "run.py" in line]
+    assert len(runs) == 1 and "model=tc_vae model.beta=5" in runs[0] and "seed=2" in runs[0]
+
+
+def test_the_paper_queue_lists_the_cpu_runs_and_keeps_each():
+    out = subprocess.run(["bash", "scripts/paper_queue.sh"], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "MAKE_CMD": "echo make", "HOME": str(ROOT)}).stdout
+    started = [line.split("start: ", 1)[1] for line in out.splitlines() if "start: " in line]
+    assert len(started) == 6 + 2 + 5 + 1 + 30  # MNIST 3 seeds x 2 checks, ECG 2, pretext 5, ROAR 1, MNIST VAEs 30
+    assert not any("cifar10" in s or "dsprites" in s for s in started)
+    assert out.count("make keep SCALE=paper") == len(started)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The paper-scale runs a 2-core CPU can carry (issue 17), one run at a time, so that a sweep spread over several
+# sessions and machines accumulates: after each run its small outputs are kept under results/runs (make keep) and,
+# with COMMIT=1, committed at once. Finished runs are skipped (skip_finished=true), so starting the queue again
+# continues where it stopped; a killed run loses only itself (trained models stay in the model cache).
+#
+#   LABELFREE_DATA_DIR=../shared/data LABELFREE_CACHE_DIR=$HOME/.cache/labelfree \
+#     nohup bash scripts/paper_queue.sh > paper_queue.log 2>&1 &
+#
+# Environment: COMMIT=1 commits each kept run; STOP_AT=<unix time> starts no run whose estimate (minutes, second
+# field below) would end after it; ONLY=<regex> runs the matching units only. CIFAR-10 and dSprites are not here:
+# they need a GPU (README, time table).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MAKE_CMD=${MAKE_CMD:-make}
+COMMIT=${COMMIT:-0}
+STOP_AT=${STOP_AT:-0}
+ONLY=${ONLY:-.}
+ARNOLDI='protocol.examples.explainers=[influence_functions_arnoldi,tracin,simplex,dknn]'
+
+# name | estimated minutes on 2 CPU cores | make arguments
+UNITS=(
+  "mnist_consistency features seed 1|25|consistency-features CONSISTENCY=mnist_consistency:1"
+  "mnist_consistency examples seed 1|80|consistency-examples CONSISTENCY=mnist_consistency:1"
+  "mnist_consistency features seed 2|25|consistency-features CONSISTENCY=mnist_consistency:2"
+  "mnist_consistency examples seed 2|80|consistency-examples CONSISTENCY=mnist_consistency:2"
+  "mnist_consistency features seed 3|25|consistency-features CONSISTENCY=mnist_consistency:3"
+  "mnist_consistency examples seed 3|80|consistency-examples CONSISTENCY=mnist_consistency:3"
+  "ecg5000_consistency features seed 42|40|consistency-features CONSISTENCY=ecg5000_consistency:42"
+  "ecg5000_consistency examples seed 42 (Arnoldi)|80|consistency-examples CONSISTENCY=ecg5000_consistency:42 OVERRIDES=$ARNOLDI"
+)
+for seed in 1 2 3 4 5; do
+  UNITS+=("mnist_pretext seed $seed|48|pretext PRETEXT_SEEDS=$seed")
+done
+UNITS+=("mnist_roar seed 1|180|roar ROAR_SEEDS=1")
+for seed in 1 2 3 4 5; do
+  for model in beta_vae tc_vae; do
+    for beta in 1 5 10; do
+      UNITS+=("mnist_disvae $model beta=$beta seed $seed|17|disvae DISVAE_EXPERIMENTS=mnist_disvae DISVAE_MODELS=$model DISVAE_BETAS=$beta DISVAE_SEEDS=$seed")
+    done
+  done
+done
+
+commit_kept() {
+  local name=$1 seconds=$2
+  git add results/runs || return 1
+  if git diff --cached --quiet -- results/runs; then
+    echo "nothing new to commit for $name"
+    return 0
+  fi
+  for _ in 1 2 3 4 5; do  # another commit may hold the index for a moment
+    if git commit -q -m "Paper-scale run kept: $name ($((seconds / 60)) min on $(nproc) CPU cores)" -- results/runs; then
+      return 0
+    fi
+    sleep 5
+  done
+  return 1
+}
+
+for unit in "${UNITS[@]}"; do
+  IFS='|' read -r name minutes args <<< "$unit"
+  [[ $name =~ $ONLY ]] || continue
+  now=$(date +%s)
+  if (( STOP_AT > 0 && now + minutes * 60 > STOP_AT )); then
+    echo "$(date -Is) stop: '$name' (~$minutes min) would end after STOP_AT"
+    break
+  fi
+  echo "$(date -Is) start: $name"
+  start=$now
+  # shellcheck disable=SC2086  # the make arguments are words
+  if ! $MAKE_CMD SCALE=paper $args; then
+    echo "$(date -Is) FAILED: $name"
+    exit 1
+  fi
+  $MAKE_CMD keep SCALE=paper
+  seconds=$(( $(date +%s) - start ))
+  echo "$(date -Is) done: $name in ${seconds}s"
+  if [[ $COMMIT == 1 ]]; then
+    commit_kept "$name" "$seconds" || { echo "commit failed: $name"; exit 1; }
+  fi
+done
+echo "$(date -Is) queue finished"
