@@ -32,7 +32,7 @@ UNITS=(
 for seed in 1 2 3 4 5; do
   UNITS+=("mnist_pretext seed $seed|48|pretext PRETEXT_SEEDS=$seed")
 done
-UNITS+=("mnist_roar seed 1|180|roar ROAR_SEEDS=1")
+UNITS+=("mnist_roar seed 1|60|roar ROAR_SEEDS=1")
 for seed in 1 2 3 4 5; do
   for model in beta_vae tc_vae; do
     for beta in 1 5 10; do
