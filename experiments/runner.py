@@ -7,12 +7,14 @@ and a run directory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import warnings
 import platform
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,31 @@ def _finished_summary(run_dir: Path, resolved_config: str) -> dict[str, Any] | N
         return None
 
 
+@contextlib.contextmanager
+def flush_denormals(enabled: bool) -> Iterator[None]:
+    """Flush denormal floats to zero on CPU while a run lasts (``protocol.flush_denormal``).
+
+    Trained VAEs produce denormals that make CPU convolutions (their backward pass above all) 2-3x slower;
+    flushing changes only values below 1.2e-38. The flag is per thread, and a thread inherits it from the thread
+    that creates it: torch's intra-op pool inherits it only when it is set before the pool's first use, so it is
+    set here, before any torch work of the process. In a multirun the pool made by the first run keeps it.
+    """
+    if not enabled or not torch.set_flush_denormal(True):
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run one experiment described by ``cfg`` into ``run_dir``; return the summary (also ``summary.json``)."""
+    with flush_denormals(bool(cfg.protocol.get("flush_denormal", False))):
+        return _run(cfg, run_dir)
+
+
+def _run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     start = time.perf_counter()
     study = study_for(cfg.protocol.name)
     quiet(bool(cfg.get("progress", True)))

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.aggregation import (
@@ -76,19 +75,10 @@ def model_config(cfg: DictConfig, data: DataSplits) -> DictConfig:
 
 
 def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
-    """Train or load the VAE of ``cfg.model`` and explain each latent unit of its mean on test images."""
-    # Trained VAEs produce denormal floats that make CPU convolutions (their backward pass above all) about
-    # twice as slow. Flushing them to zero changes only values below 1.2e-38. Threads of the intra-op pool
-    # inherit the setting when it is made before the pool starts (a fresh process: the protocol runs first).
-    flush = bool(cfg.protocol.get("flush_denormal", False)) and torch.set_flush_denormal(True)
-    try:
-        return _run(cfg, bench)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
+    """Train or load the VAE of ``cfg.model`` and explain each latent unit of its mean on test images.
 
-
-def _run(cfg: DictConfig, bench: Workbench) -> StudyResult:
+    ``protocol.flush_denormal`` is applied by the runner before any torch work (see
+    :func:`experiments.runner.flush_denormals`)."""
     protocol, seed = cfg.protocol, int(cfg.seed)
     start = time.perf_counter()
     data = bench.data("features")

@@ -121,12 +121,7 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
     start = time.perf_counter()
     bench.reseed()
     test_x = data.test_x[random_subset(len(data.test_x), protocol.n_test, seed)]  # the VAE study's test images
-    flush = bool(protocol.get("flush_denormal", False)) and torch.set_flush_denormal(True)
-    try:
-        extra = _test_rows(trained.model, prior, test_x, int(protocol.batch_size), seed)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
+    extra = _test_rows(trained.model, prior, test_x, int(protocol.batch_size), seed)
     frame = result.tables[disvae.TABLE]
     template = frame.iloc[0].to_dict()
     frame = pd.concat([frame, pd.DataFrame([{**template, **row} for row in extra])], ignore_index=True)

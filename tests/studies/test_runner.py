@@ -101,3 +101,17 @@ def test_history_is_written_and_progress_bars_can_be_switched_off(compose_config
     history = pd.read_csv(tmp_path / "run" / "training_history.csv")
     assert {"epoch", "train_loss", "val_loss", "model"} <= set(history.columns) and len(history) == cfg.trainer.epochs
     assert "it/s" not in capsys.readouterr().err
+
+
+def test_flush_denormals_is_set_for_the_run_and_restored():
+    import torch
+
+    from experiments.runner import flush_denormals
+
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a denormal float32
+    with flush_denormals(True):
+        if (tiny * 1.0).item() != 0.0:
+            pytest.skip("this CPU cannot flush denormals")
+    assert (tiny * 1.0).item() != 0.0  # restored afterwards
+    with flush_denormals(False):
+        assert (tiny * 1.0).item() != 0.0
