@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from experiments.aggregation import aggregate_levels, collect, redraw_levels
+from experiments.aggregation import aggregate_levels, collect, expected_seeds, for_experiment, redraw_levels
 from experiments.claims import Claim, figure_link, read_table
 from experiments.config import container
 from experiments.explainers import build_example_explainers, explainer_settings
@@ -31,7 +31,7 @@ from labelfree.attribution.tokens import TOKEN_METHODS, TokenAttribution
 from labelfree.data.ag_news import AG_NEWS_CLASSES
 from labelfree.data.subsets import random_subset
 from labelfree.data.text import PAD_ID, SPECIAL_TOKENS
-from labelfree.io import save_csv
+from labelfree.io import save_csv, save_json
 from labelfree.plots import plot_representation_shift, plot_similarity_rates, save_figure
 from labelfree.plots_text import plot_token_highlight
 from labelfree.protocols.consistency import consistency_examples
@@ -166,8 +166,11 @@ def aggregate(runs: Sequence[Path], results: Path, scale: str) -> list[Path]:
     written = aggregate_levels(runs, results, scale, STUDY_NAME, PLOTS)
     found = collect(runs, HIGHLIGHT, scale=scale, study=STUDY_NAME)
     if not found.frame.empty:
+        record = found.record(expected_seeds(runs, scale))
         for experiment, part in found.frame.groupby("experiment", sort=True):
-            written.append(save_csv(part, results / str(experiment) / scale / f"{HIGHLIGHT}_runs.csv"))
+            folder = results / str(experiment) / scale
+            written.append(save_csv(part, folder / f"{HIGHLIGHT}_runs.csv"))
+            written.append(save_json(for_experiment(record, str(experiment), part), folder / f"{HIGHLIGHT}_runs.json"))
         written += _highlights(results, scale)
     return written
 
