@@ -144,3 +144,16 @@ disvae-prior:  ## VAEs trained with an attribution prior: losses x beta x lambda
 .PHONY: gpu-check
 gpu-check:  ## on a CUDA machine: every experiment at smoke scale on the GPU and the paper-scale timings (results/DEVICES.md)
 	bash scripts/gpu_check.sh
+
+# Consistency of token and example importance on AG News (issue 20, docs/agnews.md): a GRU autoencoder of WordPiece
+# token ids, tokens explained through its embeddings, examples scored by topic; tables and figures under
+# $(RESULTS)/agnews_consistency/$(SCALE). Paper scale: about 30 minutes per seed on a 2-core CPU.
+AGNEWS_SEEDS_paper ?= 1,2,3
+AGNEWS_SEEDS_quick ?= 1
+AGNEWS_SEEDS_smoke ?= 1
+AGNEWS_SEEDS ?= $(AGNEWS_SEEDS_$(SCALE))
+.PHONY: agnews
+
+agnews:  ## consistency of token and example importance on AG News (AGNEWS_SEEDS)
+	$(call sweep,agnews_consistency,$(AGNEWS_SEEDS),sweep)
+	$(AGGREGATE) --study text

@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import container, validate_config
 from experiments.explainers import build_example_explainers, explainer_settings
 from labelfree.attribution.features import CAPTUM_METHODS, FEATURE_EXPLAINERS
+from labelfree.data.splits import BASELINE_TOKENS
+from labelfree.data.text import SPECIAL_TOKENS
 from labelfree.models.registry import build_model
 from labelfree.training import OPTIMIZERS, SCHEDULERS, Checkpoint
 
@@ -108,6 +110,17 @@ SCHEMA: dict[str, Rule] = {
     "dataset.train_per_class": _int(nullable=True),
     "dataset.test_per_class": _int(nullable=True),
     "dataset.n_examples": _int(nullable=True),
+    # texts (AG News): the tokenizer, the baseline token, the GRU autoencoder, the token figure
+    "dataset.vocab_size": _int(len(SPECIAL_TOKENS) + 1),
+    "dataset.min_frequency": _int(),
+    "dataset.max_length": _int(2),
+    "dataset.unescape_entities": Rule("bool"),
+    "dataset.baseline_token": Rule("str", choices=tuple(BASELINE_TOKENS)),
+    "model.embedding_dim": _int(),
+    "model.hidden_size": _int(),
+    "model.teacher_forcing": Rule("float", low=0, high=1),
+    "protocol.features.embedding": Rule("str"),
+    "protocol.figures.highlight_index": _int(0),
     "model.latent_dim": _int(),
     "protocol.features.enabled": Rule("bool"),
     "protocol.features.n_test": _int(nullable=True),

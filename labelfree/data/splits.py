@@ -19,11 +19,13 @@ import torch
 from torch import Tensor
 
 from labelfree.baselines import gaussian_blur
+from labelfree.data.ag_news import AG_NEWS_CLASSES, ag_news_file, load_ag_news
 from labelfree.data.cifar10 import cifar10_files, load_cifar10
 from labelfree.data.dsprites import DSPRITES_URL, load_dsprites
 from labelfree.data.ecg5000 import ecg5000_files, example_split, feature_split, load_ecg5000
 from labelfree.data.mnist import load_mnist, mnist_files
 from labelfree.data.subsets import balanced_subset, train_val_split
+from labelfree.data.text import MASK_ID, PAD_ID, encode_texts, train_wordpiece, unescape_entities
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class DataSplits:
     names the split, so that two checks that need differently trained models (ECG5000) never share
     a cached model. ``y`` holds the labels used for scoring (ECG5000: 0 normal, 1 abnormal).
     ``files`` are the data files the splits were read from (what a model cache fingerprints).
+    ``vocabulary`` holds the token of each id for token-id data (AG News), empty otherwise.
     """
 
     name: str
@@ -56,6 +59,7 @@ class DataSplits:
     baseline: Baseline
     channel_dim: int | None
     files: tuple[Path, ...] = ()
+    vocabulary: tuple[str, ...] = ()
 
 
 def _subset(x: Tensor, y: Tensor, per_class: int | None, seed: int) -> tuple[Tensor, Tensor]:
@@ -199,6 +203,39 @@ def build_dsprites(config: Mapping[str, Any], data_dir: Path, seed: int, purpose
     )
 
 
+#: ``dataset.baseline_token`` -> the id that replaces a masked token
+BASELINE_TOKENS = {"mask": MASK_ID, "pad": PAD_ID}
+
+
+def build_ag_news(config: Mapping[str, Any], data_dir: Path, seed: int, purpose: str) -> DataSplits:
+    """AG News as token ids ``int64 [n, max_length]`` with topic labels 0..3; one split for both checks.
+
+    The WordPiece vocabulary (``vocab_size``, ``min_frequency``; :func:`labelfree.data.text.train_wordpiece`) is
+    learnt from every text of the training file (it does not depend on the seed); ``train_per_class`` /
+    ``test_per_class`` draw class-balanced subsets (null: all), ``val_fraction`` of the training texts is held
+    out (seeded) for early stopping. ``baseline`` is the id of ``baseline_token`` (``mask``: [MASK], ``pad``:
+    [PAD]), the token that replaces masked tokens.
+    """
+    token = config.get("baseline_token")
+    if token not in BASELINE_TOKENS:
+        raise ValueError(f"dataset.baseline_token={token!r} is not accepted; expected one of {sorted(BASELINE_TOKENS)}")
+    train_texts, train_y = load_ag_news(data_dir, "train")
+    test_texts, test_y = load_ag_news(data_dir, "test")
+    if config.get("unescape_entities", True):
+        train_texts, test_texts = ([unescape_entities(t) for t in texts] for texts in (train_texts, test_texts))
+    tokenizer = train_wordpiece(train_texts, int(config["vocab_size"]), int(config.get("min_frequency", 2)))
+    length = int(config["max_length"])
+    train = (encode_texts(tokenizer, train_texts, length), train_y)
+    test = (encode_texts(tokenizer, test_texts, length), test_y)
+    files = (ag_news_file(data_dir, "train"), ag_news_file(data_dir, "test"))
+    splits = _train_val("ag_news", {**config, "baseline": 0.0}, seed, train, test, files)
+    splits.baseline = BASELINE_TOKENS[token]
+    splits.vocabulary = tuple(sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get))
+    log.info("ag_news: %d WordPiece tokens, %d tokens per text, %s", len(splits.vocabulary), length,
+             ", ".join(f"{name} {int((splits.test_y == c).sum())}" for c, name in enumerate(AG_NEWS_CLASSES)))
+    return splits
+
+
 DatasetBuilder = Callable[[Mapping[str, Any], Path, int, str], DataSplits]
 
 #: ``dataset.name`` -> builder. Add a dataset by registering its builder here.
@@ -207,6 +244,7 @@ DATASET_BUILDERS: dict[str, DatasetBuilder] = {
     "cifar10": build_cifar10,
     "ecg5000": build_ecg5000,
     "dsprites": build_dsprites,
+    "ag_news": build_ag_news,
 }
 
 

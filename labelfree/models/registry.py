@@ -14,6 +14,7 @@ from torch import nn
 from labelfree.models.autoencoder import AutoEncoder, MNISTDecoder, MNISTEncoder
 from labelfree.models.base import PretextModel
 from labelfree.models.classifier import Classifier
+from labelfree.models.gru import TextGRUAutoEncoder
 from labelfree.models.lstm import LSTMAutoEncoder
 from labelfree.models.pretext import make_perturbation
 from labelfree.models.prior import PriorRegularised
@@ -53,6 +54,12 @@ def build_lstm_autoencoder(config: Mapping[str, Any]) -> PretextModel:
     """The ECG5000 LSTM autoencoder (keys: sequence_length, n_channels, hidden_size, latent_dim)."""
     sizes = _required(config, sequence_length=int, n_channels=int, hidden_size=int, latent_dim=int)
     return LSTMAutoEncoder(**sizes, perturbation=_perturbation(config))
+
+
+def build_text_gru_autoencoder(config: Mapping[str, Any]) -> PretextModel:
+    """The GRU encoder-decoder of token ids (keys: vocab_size, embedding_dim, hidden_size, teacher_forcing)."""
+    return TextGRUAutoEncoder(**_required(config, vocab_size=int, embedding_dim=int, hidden_size=int,
+                                          teacher_forcing=float))
 
 
 def build_simclr(config: Mapping[str, Any]) -> PretextModel:
@@ -108,6 +115,7 @@ MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PretextModel]] = {
     "classifier": build_classifier,
     "beta_vae": build_beta_vae,
     "tc_vae": build_tc_vae,
+    "text_gru_autoencoder": build_text_gru_autoencoder,
 }
 
 
