@@ -536,7 +536,7 @@ def render_peers(rows: list[PeerRow], w: PeerWorkload) -> str:
         f"Workload: n_train = {w.n_train}, n_test = {w.n_test}; encoder P = "
         f"{sum(p.numel() for p in make_model(w.seed).encoder.parameters()):,}; TracIn over {w.n_checkpoints} "
         f"checkpoints (learning rates 1, 1/2, ...); LiSSA depth {w.lissa_depth}, batch {w.lissa_batch_size} "
-        f"(damping {lissa.damping:g}, scale {lissa.scale:g}); exact and full-rank Arnoldi rows on `{w.exact_wrt}` "
+        f"(damping {lissa.damping:g}, scale {lissa.scale:g}); exact rows on `{w.exact_wrt}` "
         f"only (P = {n_small}) with lambda = {w.exact_lambda_fraction:g} x H's largest eigenvalue = {w.exact_lambda:.3g}; workload Arnoldi {w.arnoldi_iterations} steps, rank "
         f"{w.arnoldi_rank}; median of {w.repeats} runs"
         + (f" (pieces under 1 s: a warm-up call, then the median of {w.fast_repeats})" if w.fast_repeats else "")
