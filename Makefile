@@ -114,15 +114,17 @@ disvae-smoke:  ## the same at smoke scale, tables under RUNS/results
 	$(MAKE) disvae SCALE=smoke RESULTS=$(RUNS)/results
 
 # Explainers and metrics timed against the authors' lfxai on one workload (agreement checked), then the
-# paper-scale MNIST example check and the peak memory per model; both tables go to results/BENCHMARKS.md.
+# paper-scale MNIST example check and the peak memory per model, then labelfree against Captum and dattri on the
+# same label-free task (experiments/benchmark_peers.py); the tables go to results/BENCHMARKS.md.
 # Needs the bench extra: pip install -e ".[bench]". About 15 minutes on a 2-core CPU.
 BENCH_DIR ?= $(RUNS)/bench
-bench:  ## explainers and metrics against lfxai (the bench extra), then the paper-scale timings
+bench:  ## explainers and metrics against lfxai, the paper-scale timings, then Captum and dattri (the bench extra)
 	mkdir -p $(BENCH_DIR)
 	$(PYTHON) scripts/bench_explainers.py --out $(BENCH_DIR)/workload.md
 	$(PYTHON) scripts/bench_explainers.py --paper-scale --out $(BENCH_DIR)/paper_scale.md
+	$(PYTHON) scripts/bench_explainers.py --peers --out $(BENCH_DIR)/peers.md
 	$(PYTHON) scripts/bench_explainers.py --assemble $(BENCH_DIR)/workload.md $(BENCH_DIR)/paper_scale.md \
-		--out $(RESULTS)/BENCHMARKS.md
+		$(BENCH_DIR)/peers.md --out $(RESULTS)/BENCHMARKS.md
 
 # VAEs trained with a penalty on their label-free attributions (issue 21, docs/disvae_prior.md): beta-VAE and
 # beta-TCVAE x beta x lambda x seeds on MNIST 32x32, then the table, figure and claim rows under

@@ -567,8 +567,21 @@ so it never splits.
 """
 
 
-def assemble(workload: Path, paper: Path, out: Path) -> None:
-    """``results/BENCHMARKS.md`` from the two tables written by the workload and paper-scale runs."""
+PEERS_SECTION = """
+## The data-attribution libraries, same label-free task
+
+{peers}
+What each package is given, the settings that make the estimators the same, and why each check is what it is:
+see the docstring of `experiments/benchmark_peers.py`. Every package differentiates the per-example pretext
+loss with respect to the encoder's parameters only (Captum `layers=`, dattri `layer_name=`). Peak RSS is that
+of a fresh process running one piece (about 0.6 GiB of it is Python and torch).
+"""
+
+
+def assemble(workload: Path, paper: Path, out: Path, peers: Path | None = None) -> None:
+    """``results/BENCHMARKS.md`` from the tables written by the workload, paper-scale and (optional) peer runs."""
     text = BENCHMARKS_INTRO.format(workload=workload.read_text(), paper=paper.read_text())
+    if peers is not None:
+        text += PEERS_SECTION.format(peers=peers.read_text())
     save_text(text, out)
     log.info("wrote %s", out)

@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "InfluenceFunctions": "labelfree.attribution.examples.influence:InfluenceFunctions",
     "LiSSA": "labelfree.attribution.examples.influence:LiSSA",
     "Arnoldi": "labelfree.attribution.examples.influence:Arnoldi",
+    "Exact": "labelfree.attribution.examples.influence:Exact",
     "TracIn": "labelfree.attribution.examples.tracin:TracIn",
     "SimplEx": "labelfree.attribution.examples.representation:SimplEx",
     "DKNN": "labelfree.attribution.examples.representation:DKNN",
@@ -48,7 +49,7 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from labelfree.attribution.batched import BatchedAttribution
-    from labelfree.attribution.examples.influence import Arnoldi, InfluenceFunctions, LiSSA
+    from labelfree.attribution.examples.influence import Arnoldi, Exact, InfluenceFunctions, LiSSA
     from labelfree.attribution.examples.objective import Objective
     from labelfree.attribution.examples.random import RandomExampleImportance
     from labelfree.attribution.examples.registry import build_example_explainer

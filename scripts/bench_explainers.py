@@ -3,9 +3,11 @@
     python scripts/bench_explainers.py                      # the workload of configs/bench/default.yaml
     python scripts/bench_explainers.py --paper-scale        # labelfree only: the paper's MNIST example check
     python scripts/bench_explainers.py --tiny --out /tmp/b.md   # seconds; what the test runs
-    python scripts/bench_explainers.py --assemble WORKLOAD_MD PAPER_MD --out results/BENCHMARKS.md
+    python scripts/bench_explainers.py --peers              # against Captum and dattri (experiments.benchmark_peers)
+    python scripts/bench_explainers.py --peers --tiny --no-isolate --out /tmp/p.md   # seconds; what the test runs
+    python scripts/bench_explainers.py --assemble WORKLOAD_MD PAPER_MD [PEERS_MD] --out results/BENCHMARKS.md
 
-``make bench`` runs all three. The benchmark itself (workload, agreement checks, why they are what they are)
+``make bench`` runs all four. The benchmark itself (workload, agreement checks, why they are what they are)
 is :mod:`experiments.benchmark`; the paper-scale timings are :mod:`experiments.benchmark_paper`. The agreement
 checks must pass, or the command exits with status 1. ``lfxai`` comes from the optional ``bench`` extra
 (``pip install -e ".[bench]"``); without it only labelfree's times are reported.
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))  # the studies (experiments/) are not installed: t
 
 from experiments.benchmark import Workload, assemble, write_workload  # noqa: E402
 from experiments.benchmark_paper import write_paper_scale  # noqa: E402
+from experiments.benchmark_peers import PeerWorkload, write_peers  # noqa: E402
 
 
 def main() -> None:
@@ -39,13 +42,25 @@ def main() -> None:
     parser.add_argument("--paper-size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-memory", action="store_true", help="paper scale: skip the per-model peak-memory runs")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--assemble", nargs=2, type=Path, metavar=("WORKLOAD_MD", "PAPER_MD"),
-                        help="write --out (results/BENCHMARKS.md) from the two tables of earlier runs")
+    parser.add_argument("--peers", action="store_true",
+                        help="labelfree against Captum and dattri on the same label-free task (the bench extra)")
+    parser.add_argument("--no-isolate", action="store_true",
+                        help="peers: run every piece in this process (no per-piece peak memory; for the test)")
+    parser.add_argument("--assemble", nargs="+", type=Path, metavar="MD",
+                        help="write --out (results/BENCHMARKS.md) from the tables of earlier runs: WORKLOAD_MD "
+                             "PAPER_MD [PEERS_MD]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     if args.assemble:
-        assemble(*args.assemble, args.out or ROOT / "results" / "BENCHMARKS.md")
+        if len(args.assemble) not in (2, 3):
+            parser.error("--assemble takes WORKLOAD_MD PAPER_MD [PEERS_MD]")
+        assemble(*args.assemble[:2], args.out or ROOT / "results" / "BENCHMARKS.md",
+                 peers=args.assemble[2] if len(args.assemble) == 3 else None)
+    elif args.peers:
+        if write_peers(PeerWorkload.from_config(tiny=args.tiny, repeats=args.repeats), args.threads,
+                       isolate=not args.no_isolate, out=args.out):
+            sys.exit(1)
     elif args.paper_scale:
         write_paper_scale(args.threads, 0, with_memory=not args.no_memory, size=args.paper_size, out=args.out)
     else:

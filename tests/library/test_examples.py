@@ -19,6 +19,7 @@ from labelfree.attribution.examples import (
     EXAMPLE_EXPLAINERS,
     Arnoldi,
     Checkpoint,
+    Exact,
     InfluenceFunctions,
     LiSSA,
     Objective,
@@ -785,3 +786,27 @@ def test_simplex_works_in_the_encoders_dtype() -> None:
     scores = SimplEx(encoder, steps=20).fit(train_x).attribute(test_x)
     assert scores.dtype == torch.double and scores.shape == (2, 8)
     torch.testing.assert_close(scores.sum(dim=1), torch.ones(2, dtype=torch.double))
+
+
+def test_exact_solver_applies_the_lissa_polynomial_of_the_explicit_hessian() -> None:
+    """Exact forms H and applies phi(H) with every eigenpair; with a deep series it is (H + damping*scale I)^-1."""
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(3, 5, dtype=torch.double)
+    hessian = encoder_hessian(model, train_x)
+    n_params = len(hessian)
+    scale, damping, depth = 5.0 * torch.linalg.eigvalsh(hessian).abs().max().item(), 1e-2, 30
+    grads_train, grads_test = loop_grads(model, train_x), loop_grads(model, test_x)
+    identity = torch.eye(n_params, dtype=hessian.dtype)
+    step = (1 - damping) * identity - hessian / scale
+    series = sum(torch.linalg.matrix_power(step, j) for j in range(depth + 1)) / scale
+    explainer = InfluenceFunctions(Objective(model), Exact(damping=damping, scale=scale, depth=depth, batch_size=7))
+    scores = explainer.fit(train_x).attribute(test_x)
+    torch.testing.assert_close(scores, grads_test @ series @ grads_train.T, rtol=1e-7, atol=1e-12)
+    torch.testing.assert_close(explainer.ritz_values, torch.linalg.eigvalsh(hessian), rtol=1e-7, atol=1e-10)
+    # a series deep enough that (1 - damping - mu/scale)^(depth+1) underflows: the damped inverse
+    deep = InfluenceFunctions(Objective(model), Exact(damping=0.5, scale=scale, depth=2000)).fit(train_x)
+    inverse = torch.linalg.inv(hessian + 0.5 * scale * identity)
+    torch.testing.assert_close(deep.attribute(test_x), grads_test @ inverse @ grads_train.T, rtol=1e-7, atol=1e-12)
+    with pytest.raises(ValueError, match="max_params"):
+        InfluenceFunctions(Objective(model), Exact(max_params=n_params - 1)).fit(train_x)

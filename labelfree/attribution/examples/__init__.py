@@ -5,8 +5,8 @@ Every explainer follows one contract (:class:`ExampleImportance`, :mod:`.base`):
 example ``i`` for test example ``t`` (rows = test examples, higher = more important). Scores are
 always returned on the CPU; inputs may live on the CPU while the model lives on another device.
 
-* Loss-based methods (:class:`InfluenceFunctions` in :mod:`.influence` with its solvers :class:`LiSSA` and
-  :class:`Arnoldi`; :class:`TracIn` in :mod:`.tracin`) differentiate an explicit :class:`Objective`
+* Loss-based methods (:class:`InfluenceFunctions` in :mod:`.influence` with its solvers :class:`LiSSA`,
+  :class:`Arnoldi` and :class:`Exact`; :class:`TracIn` in :mod:`.tracin`) differentiate an explicit :class:`Objective`
   (:mod:`.objective`): a per-example loss (the model's pretext loss, or any ``loss(model, x, y) -> Tensor[n]``
   for any ``nn.Module``) restricted to some parameters (the encoder's by default; a submodule, or
   parameter-name prefixes). TracIn reads checkpoints as ``Checkpoint`` objects, paths, state dicts or loaders
@@ -30,6 +30,7 @@ from labelfree.attribution.examples.base import ExampleImportance, LossBasedImpo
 from labelfree.attribution.examples.hessian import HessianOperator
 from labelfree.attribution.examples.influence import (
     Arnoldi,
+    Exact,
     InfluenceFunctions,
     InverseHessianSolver,
     LiSSA,
@@ -54,6 +55,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointLike",
     "ExampleImportance",
+    "Exact",
     "HessianOperator",
     "InfluenceFunctions",
     "InverseHessianSolver",

@@ -6,7 +6,8 @@ the solver object holds only its own settings:
 * :class:`LiSSA` (the paper's): the stochastic recursion of Agarwal et al. (2017);
 * :class:`Arnoldi`: the *expectation* of the same depth-D LiSSA estimate, from a low-rank
   eigendecomposition of the Hessian (Schioppa et al., 2022), at a cost independent of the number of test
-  examples.
+  examples;
+* :class:`Exact`: the same expectation from the explicit ``[P, P]`` Hessian (small models: ground truth).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from labelfree.attribution.examples.objective import Objective
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Arnoldi", "InfluenceFunctions", "InverseHessianSolver", "LiSSA", "TrainingHessian"]
+__all__ = ["Arnoldi", "Exact", "InfluenceFunctions", "InverseHessianSolver", "LiSSA", "TrainingHessian"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,10 +275,54 @@ class Arnoldi(InverseHessianSolver):
         return _RitzEstimate(self, values[keep].to(device=device, dtype=basis.dtype), ritz_vectors)
 
 
-class _RitzEstimate(InverseHessianEstimate):
-    """``phi(H) v = phi(0) v + sum_k (phi(lambda_k) - phi(0)) u_k u_k^T v`` from Ritz pairs (see :class:`Arnoldi`)."""
+@dataclasses.dataclass(frozen=True)
+class Exact(InverseHessianSolver):
+    """The expected depth-``depth`` LiSSA estimate ``phi(H) v`` (see :class:`Arnoldi`) from the explicit Hessian.
 
-    def __init__(self, solver: Arnoldi, values: Tensor, vectors: Tensor) -> None:
+    ``fit`` forms H, the ``[P, P]`` Hessian of the mean training loss, column by column (P Hessian-vector
+    products on ``batch_size`` training examples at a time) and diagonalises it (``eigh`` in float64); then
+    ``phi(H) v = U phi(Lambda) U^T v`` with every eigenpair, so no Ritz truncation. Where
+    ``(1 - damping - mu / scale)^(depth + 1)`` is negligible for every eigenvalue mu,
+    ``phi(mu) = 1 / (mu + damping * scale)`` and the estimate is the damped inverse
+    ``(H + damping * scale * I)^{-1} v`` of Koh & Liang's explicit influence functions. Memory ``P^2`` floats:
+    for small models and as ground truth for the other solvers.
+
+    Args:
+        damping, scale, depth: the LiSSA estimate whose expectation is computed (see :class:`InverseHessianSolver`).
+        batch_size: training examples per Hessian graph, >= 1 (default 300); only bounds memory.
+        max_params: the largest P accepted, >= 1 (default 10,000: a 400 MB float32 matrix).
+    """
+
+    batch_size: int = 300
+    max_params: int = 10_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int_fields(self, "batch_size", "max_params")
+
+    def fit(self, hessian: TrainingHessian, seed: int) -> InverseHessianEstimate:
+        """Every eigenpair of H (``seed`` is unused: nothing is random)."""
+        objective = hessian.objective
+        n_params = objective.n_params
+        if n_params > self.max_params:
+            raise ValueError(
+                f"Exact forms the [P, P] Hessian and the objective has P = {n_params:,} parameters (more than "
+                f"max_params = {self.max_params:,}); use Arnoldi or LiSSA, or differentiate fewer parameters (wrt=)"
+            )
+        identity = torch.eye(n_params, device=objective.device, dtype=objective.dtype)
+        operators = hessian.batch_operators(self.batch_size, columns=n_params)
+        matrix = sum(share * operator.matmul(identity) for operator, share in tqdm(operators, desc="Exact", leave=False))
+        values, vectors = torch.linalg.eigh(((matrix + matrix.T) / 2).double())
+        logger.info("InfluenceFunctions (exact): %d eigenvalues from %.3g to %.3g", n_params, float(values.min()),
+                    float(values.max()))
+        return _RitzEstimate(self, values.to(identity), vectors.to(identity))
+
+
+class _RitzEstimate(InverseHessianEstimate):
+    """``phi(H) v = phi(0) v + sum_k (phi(lambda_k) - phi(0)) u_k u_k^T v`` from Ritz pairs (see :class:`Arnoldi`);
+    with every eigenpair (:class:`Exact`), ``U phi(Lambda) U^T v``."""
+
+    def __init__(self, solver: InverseHessianSolver, values: Tensor, vectors: Tensor) -> None:
         self.solver = solver
         self.values = values  # [r]
         self.vectors = vectors  # [P, r], orthonormal
@@ -301,9 +346,9 @@ class InfluenceFunctions(LossBasedImportance):
     step on training example ``i`` also decreases the loss of test example ``t`` (a "proponent");
     Koh & Liang's influence of up-weighting ``i`` on the test loss is the negative of this score.
 
-    ``H^{-1} v`` is estimated by ``solver``: :class:`LiSSA` (the paper's stochastic recursion, the default)
-    or :class:`Arnoldi` (its expectation from a low-rank eigendecomposition of H); both target the damped
-    Hessian ``H + damping * scale * I``.
+    ``H^{-1} v`` is estimated by ``solver``: :class:`LiSSA` (the paper's stochastic recursion, the default),
+    :class:`Arnoldi` (its expectation from a low-rank eigendecomposition of H) or :class:`Exact` (the same from
+    the explicit Hessian, small models); all target the damped Hessian ``H + damping * scale * I``.
 
     Args:
         objective: what is differentiated.
@@ -340,8 +385,8 @@ class InfluenceFunctions(LossBasedImportance):
             hint = (" (a config node: instantiate it first, e.g. with hydra.utils.instantiate)"
                     if isinstance(solver, Mapping) else "")
             raise ValueError(
-                f"InfluenceFunctions solver must be a solver object, {LiSSA.__name__}(...) or "
-                f"{Arnoldi.__name__}(...), got {solver!r}{hint}"
+                f"InfluenceFunctions solver must be a solver object, {LiSSA.__name__}(...), "
+                f"{Arnoldi.__name__}(...) or {Exact.__name__}(...), got {solver!r}{hint}"
             )
         check_positive_int("chunk_size", chunk_size)
         check_optional_positive_int("test_chunk_size", test_chunk_size)
@@ -364,7 +409,8 @@ class InfluenceFunctions(LossBasedImportance):
 
     @property
     def ritz_values(self) -> Tensor | None:
-        """With :class:`Arnoldi`, after ``fit``: the Ritz values ``[rank]`` kept; otherwise ``None``."""
+        """After ``fit``: with :class:`Arnoldi`, the Ritz values ``[rank]`` kept; with :class:`Exact`, every
+        eigenvalue of H ``[P]``; otherwise ``None``."""
         return self._inverse.values if isinstance(self._inverse, _RitzEstimate) else None
 
     def fit(self, train_x: Tensor, train_y: Tensor | None = None) -> InfluenceFunctions:

@@ -1,0 +1,577 @@
+"""labelfree's loss-based explainers against the maintained data-attribution libraries, on the same label-free task.
+
+The command is ``scripts/bench_explainers.py --peers`` (``make bench``); the comparison with the authors' ``lfxai``
+is :mod:`experiments.benchmark`, whose model, inputs, checkpoints and timing rules (:func:`median_time`) this
+module reuses.
+
+The task, identical for every package: the paper's MNIST autoencoder with fixed random weights (eval mode), inputs
+in [0, 1], and the gradient of the per-example pretext loss (mean squared reconstruction error) with respect to the
+encoder's parameters only. Each peer sees the model through :class:`PretextLoss` (``forward(x)`` = the per-example
+loss), so its "loss function" is the identity on the model's output: Captum through ``layers=["model.encoder"]``
+with a ``reduction="none"`` identity loss, dattri through an :class:`~dattri.task.AttributionTask` whose loss is
+the batch mean of the same losses and ``layer_name=`` the encoder's parameter names. TracIn reads the same checkpoint
+files with the same learning rates.
+
+Pieces and agreement checks (each check must pass, or the command exits with status 1):
+
+* **TracIn** (encoder, ``n_checkpoints`` checkpoints): the same deterministic sum of gradient dot products, so the
+  same scores up to float32 summation order (``max |diff| / max |score| <= 1e-3``). dattri's ``TracInAttributor``
+  projects gradients to 512 random dimensions by default, with no argument to turn it off: its
+  ``projector_kwargs`` attribute is set to ``None`` after construction (its ``attribute`` tests for that), so that
+  it computes exact dot products. Captum's ``sample_wise_grads_per_batch`` trick handles only Linear and Conv2d
+  layers and the encoder has a BatchNorm2d, so Captum runs its per-example path (one backward per example).
+* **LiSSA** (encoder, the paper's damping and scale, the workload's depth and batch): labelfree's ``LiSSA`` against
+  dattri's ``IFAttributorLiSSA`` (the same recursion ``h <- v + (1 - damping) h - H_B h / scale``). Both are
+  stochastic and draw different batches (dattri draws independent batches for every test vector, labelfree shares
+  one batch per step among them), so their scores agree only in expectation: Spearman over all (test, train) pairs
+  ``>= 0.95``. With the paper's damping and scale the estimate is a large multiple of the gradient plus a small
+  curvature term that depends on the batches, so the ranks agree almost exactly; a failure means a different
+  estimator, not noise. Captum has no LiSSA (its row says so).
+* **Exact inverse Hessian** (a small model: only the encoder's BatchNorm layer, ``exact_wrt``, P = 32): labelfree's
+  ``Exact`` solver with a series deep enough that ``(1 - damping - mu/scale)^(depth+1)`` underflows, i.e.
+  ``(H + lambda I)^{-1}`` with ``lambda = damping * scale``, against Captum's ``NaiveInfluenceFunction`` (every
+  eigenpair kept) and dattri's ``IFAttributorExplicit`` and ``IFAttributorCG``. Deterministic and the same
+  quantity, so the same scores up to float32 rounding of a P x P solve (``<= 1e-3``). Captum's Hessian is that of
+  the *sum* of the training losses, so it gets ``hessian_reg = n_train * lambda`` and its scores are multiplied by
+  ``n_train`` (``g' (n H + n lambda I)^{-1} g = g' (H + lambda I)^{-1} g / n``). ``lambda`` is a fraction of H's
+  largest eigenvalue (so the curvature matters) and must make ``H + lambda I`` positive definite (Captum drops
+  non-positive eigenvalues, CG needs it): checked first (:func:`exact_series`). P = 32 because Captum forms the
+  Hessian with one backward pass per parameter and dattri with ``torch.func.hessian`` over the whole training set:
+  with the encoder's last layer (P = 516) on 12 training images, Captum took 112 s under load.
+* **Arnoldi** (encoder, the library's 100 steps and rank 20, the paper's damping * scale = 1 as the peers'
+  regularisation): timed for every package, but the estimands differ, so the agreement column is information, not
+  a check. Captum and dattri invert H on the top-k Ritz space and drop the rest (score
+  ``g' U diag(1 / (lambda_k + reg)) U' g``); labelfree's Arnoldi is the expectation of the paper's LiSSA, which
+  keeps ``phi(0)`` on the complement (``phi(0) g'g + g' U diag(phi(lambda_k) - phi(0)) U' g``). Even with every
+  step (P of them) the two differ wherever H is singular (here: rank at most about n_train * 4 plus the
+  second-order terms): the Krylov space of a singular H stops short of its null space, where the peers give 0
+  and the exact inverse (and labelfree) 1 / lambda. Measured on the tiny workload (P = 516, every step): the largest
+  difference between a peer's and labelfree's full-rank Arnoldi scores was 5.7x (Captum) and 8.6x (dattri) the
+  largest score.
+
+pyDVL is not run: its latest release (0.10.0) requires ``numpy<2`` (pip would replace this environment's numpy 2)
+and its ``pydvl.influence`` package imports ``dask.distributed`` at import time; its row says so.
+
+Times are medians (:func:`experiments.benchmark.median_time`: pieces under a second get a warm-up call and the
+median of ``fast_repeats`` calls). With ``isolate`` every (piece, package) runs in a fresh spawned process, so the
+peak resident memory is its own (as in :mod:`experiments.benchmark_paper`); the time covers everything a user would
+run (fit, cache, attribute), not the model build or imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib.metadata
+import logging
+import multiprocessing as mp
+import resource
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from experiments.benchmark import (
+    IF_MIN_SPEARMAN,
+    TRACIN_RTOL,
+    Check,
+    _quiet,
+    bench_config,
+    close_scores,
+    explainer_settings,
+    machine,
+    make_checkpoints,
+    make_model,
+    paper_lissa,
+    ranked_alike,
+    spearman,
+)
+from labelfree.attribution.examples import Arnoldi, Exact, InfluenceFunctions, Objective, TracIn
+from labelfree.io import save_text
+from labelfree.training import Checkpoint
+
+log = logging.getLogger("bench")
+
+PEERS = ("captum", "dattri")
+EXACT_RTOL = 1e-3  # float32 P x P solves (labelfree: eigh in float64 of a float32 Hessian; Captum: eig; dattri: inv)
+#: The peers' Arnoldi stops when a residual norm falls under an absolute tolerance; Captum's default (0.1) stops
+#: before the first step here (the summed Hessian's eigenvalues are ~1e-2), so both get one far below the spectrum.
+ARNOLDI_TOL = 1e-10
+CG_STEPS_PER_PARAM = 3  # dattri's float32 CG (see _dattri_if)
+INPUT_SHAPE = (1, 28, 28)
+#: A depth at which (1 - damping - mu/scale)^(depth + 1) underflows for the exact rows' damping of 1/2.
+DEEP_SERIES = 2000
+WHY_NOT = {
+    ("lissa", "captum"): "Captum 0.9 has no LiSSA (captum.influence offers TracInCP, NaiveInfluenceFunction and "
+                         "ArnoldiInfluenceFunction)",
+}
+PYDVL_WHY = ("pyDVL 0.10.0 (its latest release) requires numpy<2, so pip would replace this environment's numpy 2, and "
+             "its pydvl.influence package imports dask.distributed at import time; it is not in the bench extra")
+
+
+@dataclass
+class PeerWorkload:
+    """The ``peers`` section of ``configs/bench/default.yaml`` (``tiny``: with ``peers_tiny``'s values)."""
+
+    n_train: int
+    n_test: int
+    n_checkpoints: int
+    lissa_depth: int
+    lissa_batch_size: int
+    lissa_test_batch: int
+    arnoldi_iterations: int
+    arnoldi_rank: int
+    exact_wrt: str
+    exact_lambda_fraction: float
+    repeats: int
+    fast_repeats: int
+    seed: int
+    exact_lambda: float | None = None  # set by exact_series from H's spectrum
+    exact_scale: float | None = None  # set by exact_series from H's spectrum
+
+    @classmethod
+    def from_config(cls, tiny: bool = False, **overrides: Any) -> PeerWorkload:
+        config = bench_config()
+        values = {**config["peers"], **(config["peers_tiny"] if tiny else {})}
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def peer_versions() -> dict[str, str | None]:
+    """The installed version of every peer (``None``: not installed)."""
+    versions = {}
+    for name in (*PEERS, "pydvl"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+# ------------------------------------------------------------------------------------------ the task
+class PretextLoss(nn.Module):
+    """The label-free task as a peer sees it: ``forward(x)`` is the per-example pretext loss ``[n]`` of ``model``
+    (eval mode, deterministic), so parameter names carry the prefix ``model.``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.pretext_loss(x, None, perturb=False)
+
+
+class _PerExample(nn.Module):
+    """Captum's loss on the model's output: the output already is the per-example loss (``reduction="none"``)."""
+
+    reduction = "none"
+
+    def forward(self, losses: Tensor, _targets: Tensor) -> Tensor:
+        return losses
+
+
+def _dattri_loss(module: PretextLoss) -> Callable[[dict[str, Tensor], Any], Tensor]:
+    """dattri's ``loss(params, data)``: the mean pretext loss of a batch ``data = (x, label)``, or of one example
+    (dattri vmaps over examples, with or without a leading batch dimension of 1)."""
+    from torch.func import functional_call
+
+    def loss(params: dict[str, Tensor], data: Any) -> Tensor:
+        x = data[0]
+        if x.dim() == len(INPUT_SHAPE):
+            x = x.unsqueeze(0)
+        return functional_call(module, params, (x,)).mean()
+
+    return loss
+
+
+def _loader(x: Tensor, batch_size: int) -> DataLoader:
+    return DataLoader(TensorDataset(x, torch.zeros(len(x))), batch_size=batch_size, shuffle=False)
+
+
+@dataclass
+class Setup:
+    """What every package is given: the model, inputs, checkpoint files and the differentiated parameters."""
+
+    model: nn.Module
+    train_x: Tensor
+    test_x: Tensor
+    checkpoints: list[Checkpoint]
+    wrt: str
+
+    @property
+    def module(self) -> PretextLoss:
+        return PretextLoss(self.model).eval()
+
+    def param_names(self, module: nn.Module) -> list[str]:
+        prefix = f"model.{self.wrt}."
+        return [name for name, _ in module.named_parameters() if name.startswith(prefix)]
+
+    def load(self, module: PretextLoss, path: Any) -> float:
+        """Load a checkpoint file into ``module``; its learning rate (Captum's ``checkpoints_load_func``)."""
+        module.model.load_state_dict(torch.load(path, weights_only=True))
+        module.eval()
+        return next(c.learning_rate for c in self.checkpoints if str(c.path) == str(path))
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+def _labelfree_tracin(s: Setup, w: PeerWorkload) -> Callable[[], Tensor]:
+    settings = explainer_settings("tracin")
+    return lambda: TracIn(Objective(s.model, wrt=s.wrt), s.checkpoints, **settings).fit(s.train_x).attribute(s.test_x)
+
+
+def _captum_tracin(s: Setup, w: PeerWorkload) -> Callable[[], Tensor]:
+    from captum.influence import TracInCP
+
+    def run() -> Tensor:
+        module = copy.deepcopy(s.module)
+        tracin = TracInCP(module, _loader(s.train_x, len(s.train_x)), [str(c.path) for c in s.checkpoints],
+                          checkpoints_load_func=lambda m, p: s.load(m, p), layers=[f"model.{s.wrt}"],
+                          loss_fn=_PerExample(), sample_wise_grads_per_batch=False)
+        return tracin.influence((s.test_x, torch.zeros(len(s.test_x))), k=None)
+
+    return run
+
+
+def _dattri_task(s: Setup, checkpoints: list[Any]) -> Any:
+    from dattri.task import AttributionTask
+
+    module = copy.deepcopy(s.module)
+
+    def load(model: nn.Module, checkpoint: Any) -> nn.Module:
+        if isinstance(checkpoint, (str, Path)):
+            s.load(model, checkpoint)
+        model.eval()
+        return model
+
+    return AttributionTask(loss_func=_dattri_loss(module), model=module, checkpoints=checkpoints,
+                           checkpoints_load_func=load), s.param_names(module)
+
+
+def _dattri_tracin(s: Setup, w: PeerWorkload) -> Callable[[], Tensor]:
+    from dattri.algorithm import TracInAttributor
+
+    def run() -> Tensor:
+        task, names = _dattri_task(s, [str(c.path) for c in s.checkpoints])
+        attributor = TracInAttributor(task, weight_list=torch.tensor([c.learning_rate for c in s.checkpoints]),
+                                      normalized_grad=False, layer_name=names)
+        attributor.projector_kwargs = None  # exact dot products (see the module docstring)
+        with _quiet():
+            return attributor.attribute(_loader(s.train_x, len(s.train_x)), _loader(s.test_x, len(s.test_x))).T
+
+    return run
+
+
+def _labelfree_if(solver: Any) -> Callable[[Setup, PeerWorkload], Callable[[], Tensor]]:
+    def build(s: Setup, w: PeerWorkload) -> Callable[[], Tensor]:
+        settings = {k: v for k, v in explainer_settings("influence_functions").items() if k != "solver"}
+        solver_now = solver(s, w)
+        return lambda: (InfluenceFunctions(Objective(s.model, wrt=s.wrt), solver_now, **{**settings, "seed": w.seed})
+                        .fit(s.train_x).attribute(s.test_x))
+
+    return build
+
+
+def _lissa(s: Setup, w: PeerWorkload) -> Any:
+    return dataclasses.replace(paper_lissa(), depth=w.lissa_depth, batch_size=w.lissa_batch_size)
+
+
+def _exact_solver(s: Setup, w: PeerWorkload) -> Exact:
+    """``(H + lambda I)^{-1}`` as labelfree's ``Exact`` series: ``scale = w.exact_scale`` (from H's spectrum, see
+    :func:`exact_series`), ``damping = lambda / scale``, and a series deep enough to converge."""
+    if w.exact_scale is None:
+        raise ValueError("the exact rows need exact_scale: run them through run_peers (it reads H's spectrum)")
+    return Exact(damping=w.exact_lambda / w.exact_scale, scale=w.exact_scale, depth=DEEP_SERIES)
+
+
+def _workload_arnoldi(s: Setup, w: PeerWorkload) -> Arnoldi:
+    lissa = paper_lissa()
+    return Arnoldi(damping=lissa.damping, scale=lissa.scale, depth=lissa.depth, iterations=w.arnoldi_iterations,
+                   rank=w.arnoldi_rank)
+
+
+def _dattri_if(kind: str) -> Callable[[Setup, PeerWorkload], Callable[[], Tensor]]:
+    def build(s: Setup, w: PeerWorkload) -> Callable[[], Tensor]:
+        from dattri.algorithm import IFAttributorArnoldi, IFAttributorCG, IFAttributorExplicit, IFAttributorLiSSA
+
+        n_params = len(s.param_names(s.module))
+        lissa = paper_lissa()
+
+        def run() -> Tensor:
+            task, names = _dattri_task(s, [s.model.state_dict()])
+            test_batch = len(s.test_x)
+            if kind == "lissa":
+                torch.manual_seed(w.seed)
+                attributor = IFAttributorLiSSA(task, layer_name=names, batch_size=w.lissa_batch_size,
+                                               recursion_depth=w.lissa_depth, damping=lissa.damping,
+                                               scaling=lissa.scale)
+                test_batch = w.lissa_test_batch
+            elif kind == "exact":
+                attributor = IFAttributorExplicit(task, layer_name=names, regularization=w.exact_lambda)
+            elif kind == "cg":
+                # dattri's CG runs all max_iter steps (its tol is unused) in float32, which loses conjugacy:
+                # P steps left a 14 % error on the tiny workload, 3 P steps 2e-5
+                attributor = IFAttributorCG(task, layer_name=names, regularization=w.exact_lambda,
+                                            max_iter=CG_STEPS_PER_PARAM * n_params)
+            else:  # the workload's Arnoldi: the paper's damping * scale as the regularisation
+                attributor = IFAttributorArnoldi(task, layer_name=names, regularization=lissa.damping * lissa.scale,
+                                                 proj_dim=w.arnoldi_rank, max_iter=w.arnoldi_iterations,
+                                                 tol=ARNOLDI_TOL, seed=w.seed)
+            with _quiet():
+                attributor.cache(_loader(s.train_x, len(s.train_x)))
+                return attributor.attribute(_loader(s.train_x, len(s.train_x)), _loader(s.test_x, test_batch)).T
+
+        return run
+
+    return build
+
+
+def _captum_if(kind: str) -> Callable[[Setup, PeerWorkload], Callable[[], Tensor]]:
+    def build(s: Setup, w: PeerWorkload) -> Callable[[], Tensor]:
+        from captum.influence import NaiveInfluenceFunction
+        # not exported by captum.influence 0.9, but documented and maintained there
+        from captum.influence._core.arnoldi_influence_function import ArnoldiInfluenceFunction
+
+        n_train = len(s.train_x)
+        lissa = paper_lissa()
+
+        def run() -> Tensor:
+            module = copy.deepcopy(s.module)
+            path = Path(tempfile.mkdtemp()) / "final.pt"
+            torch.save(s.model.state_dict(), path)
+            common = {"checkpoints_load_func": lambda m, p: (m.model.load_state_dict(torch.load(p, weights_only=True)),
+                                                              m.eval(), 1.0)[-1],
+                      "layers": [f"model.{s.wrt}"], "loss_fn": _PerExample(), "sample_wise_grads_per_batch": False}
+            loader = _loader(s.train_x, n_train)
+            # Captum's Hessian is the sum over the training set: regularise by n * lambda, scale scores by n
+            if kind == "exact":
+                explainer = NaiveInfluenceFunction(module, loader, str(path), projection_dim=None,
+                                                   hessian_reg=n_train * w.exact_lambda, hessian_inverse_tol=0.0,
+                                                   **common)
+                scale = n_train
+            else:
+                reg = lissa.damping * lissa.scale
+                explainer = ArnoldiInfluenceFunction(module, loader, str(path), projection_dim=w.arnoldi_rank,
+                                                     arnoldi_dim=w.arnoldi_iterations, hessian_reg=n_train * reg,
+                                                     arnoldi_tol=ARNOLDI_TOL, seed=w.seed, **common)
+                scale = n_train
+            scores = explainer.influence((s.test_x, torch.zeros(len(s.test_x))), k=None)
+            path.unlink()
+            path.parent.rmdir()
+            return scores * scale
+
+        return run
+
+    return build
+
+
+#: piece -> (what is differentiated: "encoder" or the workload's exact_wrt, its label, check, builders per package)
+PIECES: dict[str, tuple[str, str, Check | None, dict[str, Callable[[Setup, PeerWorkload], Callable[[], Tensor]]]]] = {
+    "tracin": ("encoder", "TracIn", close_scores(TRACIN_RTOL),
+               {"labelfree": _labelfree_tracin, "captum": _captum_tracin, "dattri": _dattri_tracin}),
+    "lissa": ("encoder", "Influence functions, LiSSA", ranked_alike(IF_MIN_SPEARMAN),
+              {"labelfree": _labelfree_if(_lissa), "dattri": _dattri_if("lissa")}),
+    "exact": ("exact", "Influence functions, exact (H + lambda I)^-1", close_scores(EXACT_RTOL),
+              {"labelfree": _labelfree_if(_exact_solver), "captum": _captum_if("exact"),
+               "dattri": _dattri_if("exact"), "dattri (CG)": _dattri_if("cg")}),
+    "arnoldi": ("encoder", "Influence functions, Arnoldi (different estimands: see below)", None,
+                {"labelfree": _labelfree_if(_workload_arnoldi), "captum": _captum_if("arnoldi"),
+                 "dattri": _dattri_if("arnoldi")}),
+}
+
+
+def make_setup(w: PeerWorkload, where: str) -> Setup:
+    """The model, inputs and checkpoint files (in a new temporary folder) of the workload; ``where``: "encoder" or
+    "exact" (the workload's ``exact_wrt``)."""
+    generator = torch.Generator().manual_seed(w.seed)
+    model = make_model(w.seed)
+    train_x = torch.rand(w.n_train, *INPUT_SHAPE, generator=generator)
+    test_x = torch.rand(w.n_test, *INPUT_SHAPE, generator=generator)
+    folder = Path(tempfile.mkdtemp(prefix="labelfree_peers_"))
+    checkpoints = make_checkpoints(model, train_x, w.n_checkpoints, folder, w.seed)
+    # distinct learning rates, so that a package that ignored them would fail the check
+    checkpoints = [Checkpoint(c.path, 1.0 / (i + 1)) for i, c in enumerate(checkpoints)]
+    return Setup(model, train_x, test_x, checkpoints, "encoder" if where == "encoder" else w.exact_wrt)
+
+
+def exact_series(w: PeerWorkload) -> PeerWorkload:
+    """``w`` with the scale at which labelfree's LiSSA series gives ``(H + lambda I)^{-1}`` on the exact rows' model.
+
+    The series ``sum_j a^j``, ``a = 1 - (lambda + mu) / scale``, converges to ``scale / (lambda + mu)`` when
+    ``0 < (lambda + mu) / scale < 2`` for every eigenvalue mu of H. ``lambda`` is ``exact_lambda_fraction`` times
+    H's largest eigenvalue, so that the curvature shapes the scores whatever the spectrum's magnitude; ``scale = lambda + 2 mu_max`` puts every ``a``
+    in ``[0, 1)``, and :data:`DEEP_SERIES` terms must bring the largest ``a^(depth+1)`` under 1e-12 (checked). The
+    peers need ``H + lambda I`` positive definite (Captum drops other eigenvalues, CG diverges): checked too.
+    """
+    setup = make_setup(w, "exact")
+    probe = Exact(damping=0.5, scale=1.0, depth=1)  # only its eigenvalues are used
+    values = InfluenceFunctions(Objective(setup.model, wrt=setup.wrt), probe).fit(setup.train_x).ritz_values
+    _remove_checkpoints(setup)
+    smallest, largest = float(values.min()), float(values.max())
+    if largest <= 0:
+        raise ValueError(f"the exact rows' Hessian (wrt {w.exact_wrt!r}) has no positive eigenvalue ({largest:.3g})")
+    lam = w.exact_lambda_fraction * largest
+    if smallest + lam <= 0:
+        raise ValueError(f"peers.exact_lambda_fraction = {w.exact_lambda_fraction:g} leaves H + lambda I indefinite "
+                         f"(eigenvalues of H from {smallest:.3g} to {largest:.3g}); raise it")
+    scale = lam + 2 * largest
+    slowest = 1 - (lam + min(smallest, 0.0)) / scale
+    if slowest ** (DEEP_SERIES + 1) > 1e-12:
+        raise ValueError(f"peers.exact_lambda_fraction = {w.exact_lambda_fraction:g} is too small for a "
+                         f"{DEEP_SERIES}-term series to converge; raise it")
+    log.info("exact rows: H's eigenvalues from %.3g to %.3g, lambda %.3g, series scale %.3g", smallest, largest,
+             lam, scale)
+    return dataclasses.replace(w, exact_lambda=lam, exact_scale=scale)
+
+
+def _remove_checkpoints(setup: Setup) -> None:
+    for c in setup.checkpoints:
+        c.path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        setup.checkpoints[0].path.parent.rmdir()
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_piece(job: dict[str, Any]) -> dict[str, Any]:
+    """One (piece, package): its median time and scores (and, in a fresh process, its peak RSS)."""
+    from experiments.benchmark import median_time
+
+    torch.set_num_threads(job["threads"])
+    w = PeerWorkload(**job["workload"])
+    where, _, _, builders = PIECES[job["piece"]]
+    setup = make_setup(w, where)
+    try:
+        fn = builders[job["package"]](setup, w)
+        seconds, scores = median_time(fn, w.repeats, w.fast_repeats)
+    finally:
+        _remove_checkpoints(setup)
+    return {"seconds": seconds, "scores": scores.detach().double().numpy(), "peak_rss_gib": _peak_rss_gib()}
+
+
+def _worker(job: dict[str, Any], queue: Any) -> None:
+    try:
+        queue.put(run_piece(job))
+    except Exception as error:  # noqa: BLE001 (reported by the parent, with the piece's name)
+        queue.put({"error": f"{type(error).__name__}: {error}"})
+
+
+def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_piece` in a fresh spawned process, so that its peak memory is its own."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_worker, args=(job, queue))
+    process.start()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"peer job {job['piece']}/{job['package']} died (exit code {process.exitcode})")
+    process.join()
+    return result
+
+
+@dataclass
+class PeerRow:
+    piece: str
+    package: str
+    seconds: float | None = None
+    peak_rss_gib: float | None = None
+    agreement: str = ""
+    passed: bool | None = None
+
+
+def run_peers(w: PeerWorkload, threads: int, isolate: bool) -> list[PeerRow]:
+    """Every piece for labelfree and every installed peer; agreement of each peer with labelfree."""
+    versions = peer_versions()
+    rows: list[PeerRow] = []
+    if w.exact_scale is None and any(where == "exact" for where, *_ in PIECES.values()):
+        w = exact_series(w)
+    for piece, (_, label, check, builders) in PIECES.items():
+        reference = None
+        for package in ("labelfree", *PEERS):
+            if package not in builders:
+                rows.append(PeerRow(label, package, agreement=WHY_NOT.get((piece, package), "no matching method")))
+                continue
+            base = package.split(" ")[0]
+            if base != "labelfree" and versions.get(base) is None:
+                rows.append(PeerRow(label, package, agreement=f"{base} is not installed (pip install -e '.[bench]')"))
+                continue
+            for name in [package, *(k for k in builders if k.startswith(package + " "))]:
+                job = {"piece": piece, "package": name, "threads": threads, "workload": dataclasses.asdict(w)}
+                result = run_isolated(job) if isolate else run_piece(job)
+                if "error" in result:
+                    rows.append(PeerRow(label, name, agreement=f"failed: {result['error'][:300]}", passed=False))
+                    continue
+                row = PeerRow(label, name, result["seconds"], result["peak_rss_gib"] if isolate else None)
+                scores = torch.from_numpy(result["scores"])
+                if name == "labelfree":
+                    reference = scores
+                elif reference is not None:
+                    if check is not None:
+                        row.passed, row.agreement = check(reference, scores)
+                    else:
+                        row.agreement = f"information only: Spearman with labelfree = {spearman(reference, scores):.3f}"
+                log.info("%-45s %-12s %8.3f s %s", label, name, row.seconds, row.agreement)
+                rows.append(row)
+    rows.append(PeerRow("(any)", "pydvl", agreement=PYDVL_WHY))
+    return rows
+
+
+def render_peers(rows: list[PeerRow], w: PeerWorkload) -> str:
+    versions = ", ".join(f"{name} {version or 'not installed'}" for name, version in peer_versions().items())
+    lissa = paper_lissa()
+    n_small = sum(p.numel() for n, p in make_model(w.seed).named_parameters() if n.startswith(w.exact_wrt + "."))
+    lines = [
+        f"Workload: n_train = {w.n_train}, n_test = {w.n_test}; encoder P = "
+        f"{sum(p.numel() for p in make_model(w.seed).encoder.parameters()):,}; TracIn over {w.n_checkpoints} "
+        f"checkpoints (learning rates 1, 1/2, ...); LiSSA depth {w.lissa_depth}, batch {w.lissa_batch_size} "
+        f"(damping {lissa.damping:g}, scale {lissa.scale:g}); exact rows on `{w.exact_wrt}` "
+        f"only (P = {n_small}) with lambda = {w.exact_lambda_fraction:g} x H's largest eigenvalue = {w.exact_lambda:.3g}; workload Arnoldi {w.arnoldi_iterations} steps, rank "
+        f"{w.arnoldi_rank}; median of {w.repeats} runs"
+        + (f" (pieces under 1 s: a warm-up call, then the median of {w.fast_repeats})" if w.fast_repeats else "")
+        + ".",
+        f"Versions: {versions}. Machine: {machine()}",
+        "",
+        "| method | package | seconds | peak RSS (GiB) | package / labelfree | agreement with labelfree |",
+        "|---|---|---|---|---|---|",
+    ]
+    reference: dict[str, float] = {}
+    for row in rows:
+        if row.package == "labelfree" and row.seconds is not None:
+            reference[row.piece] = row.seconds
+        seconds = "-" if row.seconds is None else f"{row.seconds:.4g}"
+        peak = "-" if row.peak_rss_gib is None else f"{row.peak_rss_gib:.2f}"
+        ratio = "-"
+        if row.seconds is not None and row.package != "labelfree" and row.piece in reference:
+            ratio = f"{row.seconds / reference[row.piece]:.2f}x"
+        check = row.agreement + ("" if row.passed is None else (" - pass" if row.passed else " - FAIL"))
+        lines.append(f"| {row.piece} | {row.package} | {seconds} | {peak} | {ratio} | {check} |")
+    return "\n".join(lines)
+
+
+def write_peers(w: PeerWorkload, threads: int, isolate: bool = True, out: Path | None = None) -> list[str]:
+    """Run :func:`run_peers`, print the table and write it to ``out``; the failed rows' names."""
+    torch.set_num_threads(threads)
+    w = exact_series(w)
+    rows = run_peers(w, threads, isolate)
+    table = render_peers(rows, w)
+    print(table)
+    if out is not None:
+        save_text(table + "\n", out)
+    failed = [f"{r.piece} ({r.package})" for r in rows if r.passed is False]
+    if failed:
+        log.error("peer agreement checks failed: %s", ", ".join(failed))
+    return failed
+
+
