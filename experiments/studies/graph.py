@@ -10,6 +10,7 @@ autoencoder; ``protocol=graph``). See docs/cora.md.
 from __future__ import annotations
 
 import time
+from functools import partial
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from experiments.studies.consistency import example_consistency, feature_consist
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
 from labelfree.attribution.features import CAPTUM_METHODS, RandomAttribution
-from labelfree.attribution.inputs import EdgeRepresentation, LabelFreeForwardArgs, NodeRepresentation
+from labelfree.attribution.inputs import LabelFreeForwardArgs
 from labelfree.data.subsets import random_subset
 from labelfree.models.vgae import link_auc
 from labelfree.plots import dataset_label, plot_representation_shift, plot_similarity_rates
@@ -50,10 +51,9 @@ def _check(cfg: DictConfig) -> None:
                          f"protocol.features.explainers {list(protocol.features.explainers)}")
 
 
-def _feature_explainers(cfg: DictConfig, gcn: Any, x: Any, edge_index: Any) -> tuple[dict, dict]:
-    """Per target, name -> label-free explainer on the node's representation; name -> attribute kwargs."""
-    forwards = {"node_features": NodeRepresentation(gcn, edge_index), "edges": EdgeRepresentation(gcn, x, edge_index)}
-    explainers: dict[str, dict[str, Any]] = {t: {} for t in cfg.protocol.features.targets}
+def _feature_explainers(cfg: DictConfig) -> tuple[dict, dict]:
+    """Per target, name -> factory of the label-free explainer on a node's forward module; name -> attribute kwargs."""
+    factories: dict[str, Any] = {}
     kwargs: dict[str, dict[str, Any]] = {}
     for name in cfg.protocol.features.explainers:
         settings = explainer_settings(cfg, name, "feature")
@@ -62,11 +62,13 @@ def _feature_explainers(cfg: DictConfig, gcn: Any, x: Any, edge_index: Any) -> t
             raise ValueError(f"explainers.{name}.method={method!r} cannot explain a graph; accepted: "
                              f"{sorted([*CAPTUM_METHODS, 'random'])}")
         kwargs[name] = dict(settings.get("attribute") or {})
-        for target in explainers:
-            forward = forwards[target]
-            explainers[target][name] = (RandomAttribution(forward, seed=int(cfg.seed)) if method == "random"
-                                        else LabelFreeForwardArgs(CAPTUM_METHODS[method](forward)))
-    return explainers, kwargs
+        factories[name] = (partial(RandomAttribution, seed=int(cfg.seed)) if method == "random"
+                           else partial(_label_free, CAPTUM_METHODS[method]))
+    return {target: dict(factories) for target in cfg.protocol.features.targets}, kwargs
+
+
+def _label_free(method: type, forward: Any) -> LabelFreeForwardArgs:
+    return LabelFreeForwardArgs(method(forward))
 
 
 def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
@@ -86,7 +88,7 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         percents = list(protocol.features.percents)
         candidates = data.test_x[explainable(x, edge_index, data.test_x, gcn.n_layers, percents, float(data.baseline))]
         nodes = candidates[random_subset(len(candidates), protocol.features.n_nodes, seed)]
-        explainers, kwargs = _feature_explainers(cfg, gcn, x, edge_index)
+        explainers, kwargs = _feature_explainers(cfg)
         frame, first = graph_consistency(gcn, x, edge_index, nodes, explainers, kwargs, percents, gcn.n_layers,
                                          float(data.baseline))
         for target in explainers:

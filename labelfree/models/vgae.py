@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GCNConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from tqdm.auto import tqdm
 
 from labelfree.data.graph import EdgeSplit, padded_partners
@@ -62,20 +63,23 @@ __all__ = ["GCNEncoder", "NodeEncoder", "VGAE", "link_auc"]
 
 
 class GCNEncoder(nn.Module):
-    """Kipf & Welling's VGAE encoder on ``GCNConv``: ``posterior(x [N, F], edge_index [2, E], edge_weight [E] | None)
+    """Kipf & Welling's VGAE encoder on ``GCNConv`` (each layer ``D^-1/2 (A + I) D^-1/2 X W + b``, PyG's ``gcn_norm``
+    applied once per call): ``posterior(x [N, F], edge_index [2, E], edge_weight [E] | None)
     -> (mu, logvar)``, each ``[N, d]``; ``forward`` returns ``mu``."""
 
     def __init__(self, n_features: int, hidden_dim: int, latent_dim: int) -> None:
         super().__init__()
-        self.conv = GCNConv(n_features, hidden_dim)
-        self.conv_mu = GCNConv(hidden_dim, latent_dim)
-        self.conv_logvar = GCNConv(hidden_dim, latent_dim)
+        # the symmetric normalisation (with self-loops) is computed once per call and shared by the three layers
+        self.conv = GCNConv(n_features, hidden_dim, normalize=False)
+        self.conv_mu = GCNConv(hidden_dim, latent_dim, normalize=False)
+        self.conv_logvar = GCNConv(hidden_dim, latent_dim, normalize=False)
         #: message-passing layers: a node's representation depends on its ``n_layers``-hop neighbourhood
         self.n_layers = 2
 
     def posterior(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        hidden = self.conv(x, edge_index, edge_weight).relu()
-        return self.conv_mu(hidden, edge_index, edge_weight), self.conv_logvar(hidden, edge_index, edge_weight)
+        edge_index, weight = gcn_norm(edge_index, edge_weight, x.shape[0], add_self_loops=True, dtype=x.dtype)
+        hidden = self.conv(x, edge_index, weight).relu()
+        return self.conv_mu(hidden, edge_index, weight), self.conv_logvar(hidden, edge_index, weight)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         return self.posterior(x, edge_index, edge_weight)[0]

@@ -12,8 +12,9 @@ weights, ranks node i's *eligible* elements (:mod:`labelfree.metrics.structured`
   removed (their weight set to 0: for a GCN the same as dropping the directed edge).
 
 The score is the representation shift ``||f(X, A)_i - f(X', A')_i||^2`` (higher is better), against the random
-ranking. Nodes are explained one at a time (an attribution over the whole Cora feature matrix is 2708 x 1433
-floats per node). A :class:`~labelfree.attribution.features.RandomAttribution` draws each node's ranking from its
+ranking. Nodes are explained one at a time, each on its computation subgraph (:func:`computation_subgraph`: the
+same f_i, exactly, for a GCN; an attribution over the whole Cora feature matrix would be 2708 x 1433 floats and a
+forward pass over the whole graph per integration step). A :class:`~labelfree.attribution.features.RandomAttribution` draws each node's ranking from its
 own generator (seed + node id), so the random rankings of different nodes are independent.
 
 Rows: ``method, level, metric, value, std, n, target`` with ``target`` ``node_features`` or ``edges``, level = p (%),
@@ -23,7 +24,8 @@ metric = representation_shift, std over the explained nodes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -34,36 +36,23 @@ from tqdm.auto import tqdm
 
 from labelfree.attribution.batched import attribute_features
 from labelfree.attribution.features import RandomAttribution
+from labelfree.attribution.inputs import EdgeRepresentation, NodeRepresentation
 from labelfree.guards import check_finite
 from labelfree.metrics import percent_to_fraction
-from labelfree.metrics.structured import (
-    graph_representation_shift,
-    k_hop_nodes,
-    mask_node_features,
-    remove_edges,
-    top_edge_mask,
-    top_node_feature_mask,
-)
+from labelfree.metrics.structured import k_hop_nodes, remove_edges, top_edge_mask, top_node_feature_mask
 from labelfree.modules import eval_mode
 from labelfree.protocols.consistency import tidy_row
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TARGETS", "eligible_counts", "eligible_edges", "eligible_node_features", "explainable", "graph_consistency"]
+__all__ = ["TARGETS", "ComputationSubgraph", "ExplainerFactory", "computation_subgraph", "eligible_counts", "explainable",
+           "graph_consistency"]
+
+#: builds a label-free explainer on a forward module (NodeRepresentation or EdgeRepresentation of a subgraph)
+ExplainerFactory = Callable[[nn.Module], Attribution]
 
 #: what is masked: node features (set to the baseline) or edges (removed)
 TARGETS = ("node_features", "edges")
-
-
-def eligible_node_features(x: Tensor, edge_index: Tensor, node: int, hops: int, baseline: float = 0.0) -> Tensor:
-    """Boolean ``[1, N, F]``: the entries of node ``node``'s ``hops``-hop computation subgraph that differ from
-    ``baseline``."""
-    return k_hop_nodes(edge_index, [node], len(x), hops)[:, :, None] & (x.cpu() != baseline).unsqueeze(0)
-
-
-def eligible_edges(edge_index: Tensor, num_nodes: int, node: int, hops: int) -> Tensor:
-    """Boolean ``[1, E]``: the directed edges into node ``node``'s ``(hops - 1)``-hop neighbourhood."""
-    return k_hop_nodes(edge_index, [node], num_nodes, hops - 1)[:, edge_index[1].cpu()]
 
 
 def eligible_counts(x: Tensor, edge_index: Tensor, nodes: Tensor, hops: int, baseline: float = 0.0) -> Tensor:
@@ -83,11 +72,49 @@ def explainable(x: Tensor, edge_index: Tensor, nodes: Tensor, hops: int, percent
     return (torch.round(fraction * counts.double()) >= 1).all(dim=1)
 
 
-def _node_explainer(explainer: Attribution, node: int) -> Attribution:
+def _node_explainer(make: ExplainerFactory, forward: nn.Module, node: int) -> Attribution:
     """The explainer used for one node: a random ranking gets its own seed per node."""
+    explainer = make(forward)
     if isinstance(explainer, RandomAttribution):
-        return RandomAttribution(explainer.forward_func, seed=explainer.seed + node)
+        return RandomAttribution(forward, seed=explainer.seed + node)
     return explainer
+
+
+@dataclass(frozen=True)
+class ComputationSubgraph:
+    """Node i's computation subgraph, on which an L-layer GCN gives f_i exactly: the nodes within L + 1 hops
+    (``nodes``, global ids; i is ``center``, a local id) and the edges into the nodes within L hops
+    (``edge_ids`` into the global ``edge_index``; ``edge_index`` relabelled). The extra hop keeps the in-degrees of
+    the L-hop nodes, which GCN's normalisation reads, exact. ``features`` [n_sub] and ``edges`` [E_sub] mark the
+    rows within L hops and the edges into the (L-1)-hop neighbourhood (what the masks may select)."""
+
+    nodes: Tensor
+    center: int
+    edge_ids: Tensor
+    edge_index: Tensor
+    features: Tensor
+    edges: Tensor
+
+
+def computation_subgraph(edge_index: Tensor, num_nodes: int, node: int, hops: int) -> ComputationSubgraph:
+    """The :class:`ComputationSubgraph` of ``node`` for an encoder of ``hops`` message-passing layers."""
+    reach = k_hop_nodes(edge_index, [node], num_nodes, hops + 1)[0]
+    inner = k_hop_nodes(edge_index, [node], num_nodes, hops)[0]
+    core = k_hop_nodes(edge_index, [node], num_nodes, hops - 1)[0]
+    source, target = edge_index[0].cpu(), edge_index[1].cpu()
+    edge_ids = inner[target].nonzero().flatten()
+    nodes = reach.nonzero().flatten()
+    local = torch.full((num_nodes,), -1, dtype=torch.int64)
+    local[nodes] = torch.arange(len(nodes))
+    sub = torch.stack([local[source[edge_ids]], local[target[edge_ids]]])
+    return ComputationSubgraph(nodes=nodes, center=int(local[node]), edge_ids=edge_ids, edge_index=sub,
+                               features=inner[nodes], edges=core[target[edge_ids]])
+
+
+def _shift(encoder: nn.Module, reference: Tensor, x: Tensor, edge_index: Tensor, center: int) -> Tensor:
+    """``||reference - encoder(x, edge_index)[center]||^2`` as ``Tensor[1]`` on the CPU."""
+    with torch.no_grad():
+        return (reference - encoder(x, edge_index)[center]).pow(2).sum().reshape(1).cpu()
 
 
 def graph_consistency(
@@ -95,7 +122,7 @@ def graph_consistency(
     x: Tensor,
     edge_index: Tensor,
     nodes: Tensor | Sequence[int],
-    explainers: Mapping[str, Mapping[str, Attribution]],
+    explainers: Mapping[str, Mapping[str, ExplainerFactory]],
     attribute_kwargs: Mapping[str, Mapping[str, Any]],
     percents: Sequence[float],
     hops: int,
@@ -103,21 +130,26 @@ def graph_consistency(
 ) -> tuple[pd.DataFrame, dict[str, Tensor]]:
     """Representation shift per (target, method, p) over the explained ``nodes``.
 
+    Each node is explained and masked on its :func:`computation_subgraph` (exact for a GCN: f_i is the same number
+    as on the whole graph, at a fraction of the cost); attributions outside it are 0 and never eligible.
+
     Args:
-        encoder: ``encoder(x [N, F], edge_index [2, E], edge_weight [E] | None) -> [N, d]`` (eval mode).
+        encoder: ``encoder(x [N, F], edge_index [2, E], edge_weight [E] | None) -> [N, d]`` (eval mode), an L-layer
+            message-passing encoder whose layers aggregate over incoming edges (GCN).
         x, edge_index: the graph the encoder passes messages on.
         nodes: explained node ids ``[n]`` (each must be :func:`explainable` at the smallest p).
-        explainers: per target (``node_features``, ``edges``), name -> label-free explainer built on
-            ``NodeRepresentation(encoder, edge_index)`` resp. ``EdgeRepresentation(encoder, x, edge_index)``
-            (:class:`~labelfree.attribution.inputs.LabelFreeForwardArgs`, or a ``RandomAttribution``).
+        explainers: per target (``node_features``, ``edges``), name -> a factory that builds the label-free
+            explainer on a forward module, ``NodeRepresentation(encoder, edge_index)`` resp.
+            ``EdgeRepresentation(encoder, x, edge_index)`` of the node's subgraph (e.g.
+            ``lambda forward: LabelFreeForwardArgs(IntegratedGradients(forward))``, or a ``RandomAttribution``).
         attribute_kwargs: name -> keyword arguments of ``attribute`` (``n_steps``, ``internal_batch_size``, ...).
         percents: p, % of each node's eligible elements masked.
         hops: the encoder's message-passing layers L.
         baseline: the node-feature masking value (0: a word absent); edges are removed.
 
     Returns:
-        the tidy rows (module docstring) and, per ``"<target>/<method>"``, the first node's attributions
-        (``[N, F]`` or ``[E]``, for a figure).
+        the tidy rows (module docstring) and, per ``"<target>/<method>"``, the first node's attributions on the whole
+        graph (``[N, F]`` or ``[E]``, 0 outside its subgraph; for a figure).
     """
     unknown = sorted(set(explainers) - set(TARGETS))
     if unknown or not explainers:
@@ -131,28 +163,36 @@ def graph_consistency(
     num_nodes, device = len(x), x.device
     with eval_mode(encoder):
         for node in tqdm(ids.tolist(), desc="graph consistency", leave=False):
-            node_id = torch.tensor([node], device=device)
+            sub = computation_subgraph(edge_index, num_nodes, node, hops)
+            sub_x, sub_edges = x[sub.nodes.to(device)], sub.edge_index.to(device)
+            center = torch.tensor([sub.center], device=device)
+            with torch.no_grad():
+                reference = encoder(sub_x, sub_edges)[sub.center]
             for target, named in explainers.items():
                 if target == "node_features":
-                    inputs, eligible = x.unsqueeze(0), eligible_node_features(x, edge_index, node, hops, baseline)
-                    base = baseline
+                    inputs, forward = sub_x.unsqueeze(0), NodeRepresentation(encoder, sub_edges)
+                    eligible, base = (sub.features[:, None] & (sub_x.cpu() != baseline)).unsqueeze(0), baseline
                 else:
-                    inputs = torch.ones(1, edge_index.shape[1], device=device)
-                    eligible, base = eligible_edges(edge_index, num_nodes, node, hops), 0.0
-                for name, explainer in named.items():
-                    kwargs = {**attribute_kwargs.get(name, {}), "additional_forward_args": (node_id,)}
-                    scores = attribute_features(_node_explainer(explainer, node), inputs, base, kwargs).cpu()
+                    inputs = torch.ones(1, sub_edges.shape[1], device=device)
+                    forward, eligible, base = EdgeRepresentation(encoder, sub_x, sub_edges), sub.edges.unsqueeze(0), 0.0
+                for name, make in named.items():
+                    kwargs = {**attribute_kwargs.get(name, {}), "additional_forward_args": (center,)}
+                    scores = attribute_features(_node_explainer(make, forward, node), inputs, base, kwargs).cpu()
                     check_finite(f"{target} attributions by {name}", scores)
-                    first.setdefault(f"{target}/{name}", scores[0])
+                    if f"{target}/{name}" not in first:
+                        whole = torch.zeros(x.shape if target == "node_features" else edge_index.shape[1:])
+                        if target == "node_features":
+                            whole[sub.nodes] = scores[0]
+                        else:
+                            whole[sub.edge_ids] = scores[0]
+                        first[f"{target}/{name}"] = whole
                     for p, fraction in zip(percents, fractions):
                         if target == "node_features":
-                            mask = top_node_feature_mask(scores, fraction, eligible)
-                            shift = graph_representation_shift(
-                                encoder, x, edge_index, [node], masked_x=mask_node_features(x, mask.to(device), baseline))
+                            mask = top_node_feature_mask(scores, fraction, eligible)[0].to(device)
+                            shift = _shift(encoder, reference, sub_x.masked_fill(mask, baseline), sub_edges, sub.center)
                         else:
                             mask = top_edge_mask(scores, fraction, eligible)[0].to(device)
-                            shift = graph_representation_shift(
-                                encoder, x, edge_index, [node], masked_edge_index=[remove_edges(edge_index, mask)])
+                            shift = _shift(encoder, reference, sub_x, remove_edges(sub_edges, mask), sub.center)
                         shifts.setdefault((target, name, float(p)), []).append(shift)
     rows = [{**tidy_row(name, p, "representation_shift", torch.cat(parts)), "target": target}
             for (target, name, p), parts in shifts.items()]
