@@ -39,14 +39,14 @@ from labelfree.attribution.features import RandomAttribution
 from labelfree.attribution.inputs import EdgeRepresentation, NodeRepresentation
 from labelfree.guards import check_finite
 from labelfree.metrics import percent_to_fraction
-from labelfree.metrics.structured import k_hop_nodes, remove_edges, top_edge_mask, top_node_feature_mask
+from labelfree.metrics.structured import k_hop_nodes, remove_edges
 from labelfree.modules import eval_mode
 from labelfree.protocols.consistency import tidy_row
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TARGETS", "ComputationSubgraph", "ExplainerFactory", "computation_subgraph", "eligible_counts", "explainable",
-           "graph_consistency"]
+           "graph_consistency", "top_masks"]
 
 #: builds a label-free explainer on a forward module (NodeRepresentation or EdgeRepresentation of a subgraph)
 ExplainerFactory = Callable[[nn.Module], Attribution]
@@ -109,6 +109,28 @@ def computation_subgraph(edge_index: Tensor, num_nodes: int, node: int, hops: in
     sub = torch.stack([local[source[edge_ids]], local[target[edge_ids]]])
     return ComputationSubgraph(nodes=nodes, center=int(local[node]), edge_ids=edge_ids, edge_index=sub,
                                features=inner[nodes], edges=core[target[edge_ids]])
+
+
+def top_masks(importance: Tensor, eligible: Tensor, fractions: Sequence[float], what: str) -> list[Tensor]:
+    """For each fraction, the boolean mask (shaped like ``importance``) of the ``round(fraction * n_eligible)``
+    eligible entries with the largest |importance|, ties by position (lower first): the selection of
+    :func:`~labelfree.metrics.structured.top_node_feature_mask` / ``top_edge_mask``, with one sort of the eligible
+    entries for every fraction (a node's feature matrix has ~10^5-10^6 entries, a few thousand eligible)."""
+    positions = eligible.reshape(-1).nonzero().flatten()
+    values = importance.reshape(-1)[positions].abs()
+    if torch.isnan(values).any():
+        raise ValueError(f"attributions of the {what} contain NaN; importances cannot be ranked")
+    order = positions[values.argsort(descending=True, stable=True)]
+    masks = []
+    for fraction in fractions:
+        k = int(torch.round(torch.tensor(fraction * len(positions), dtype=torch.float64)))
+        if k == 0 and fraction > 0:
+            raise ValueError(f"the mask selects nothing among the {len(positions)} eligible {what} at fraction "
+                             f"{fraction:g}; explain only explainable() nodes")
+        mask = torch.zeros(importance.numel(), dtype=torch.bool)
+        mask[order[:k]] = True
+        masks.append(mask.reshape(importance.shape))
+    return masks
 
 
 def _shift(encoder: nn.Module, reference: Tensor, x: Tensor, edge_index: Tensor, center: int) -> Tensor:
@@ -186,12 +208,12 @@ def graph_consistency(
                         else:
                             whole[sub.edge_ids] = scores[0]
                         first[f"{target}/{name}"] = whole
-                    for p, fraction in zip(percents, fractions):
+                    masks = top_masks(scores[0], eligible[0], fractions, f"{target} of node {node}")
+                    for p, mask in zip(percents, masks):
+                        mask = mask.to(device)
                         if target == "node_features":
-                            mask = top_node_feature_mask(scores, fraction, eligible)[0].to(device)
                             shift = _shift(encoder, reference, sub_x.masked_fill(mask, baseline), sub_edges, sub.center)
                         else:
-                            mask = top_edge_mask(scores, fraction, eligible)[0].to(device)
                             shift = _shift(encoder, reference, sub_x, remove_edges(sub_edges, mask), sub.center)
                         shifts.setdefault((target, name, float(p)), []).append(shift)
     rows = [{**tidy_row(name, p, "representation_shift", torch.cat(parts)), "target": target}

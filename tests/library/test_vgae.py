@@ -14,7 +14,8 @@ from labelfree.data.graph import split_edges
 from labelfree.data.splits import build_dataset
 from labelfree.models.registry import build_model
 from labelfree.models.vgae import VGAE, link_auc
-from labelfree.protocols.graph import computation_subgraph, eligible_counts, explainable, graph_consistency
+from labelfree.metrics.structured import top_edge_mask, top_node_feature_mask
+from labelfree.protocols.graph import computation_subgraph, eligible_counts, explainable, graph_consistency, top_masks
 from labelfree.training import TrainConfig
 from captum.attr import IntegratedGradients, Saliency
 from tests.fixtures.cora import write_cora
@@ -145,6 +146,22 @@ def test_the_computation_subgraph_gives_the_same_representation(data):
             counts = eligible_counts(x, edge_index, torch.tensor([node]), gcn.n_layers)[0]
             assert int((sub.features[:, None] & (x[sub.nodes] != 0)).sum()) == int(counts[0])
             assert int(sub.edges.sum()) == int(counts[1])
+
+
+def test_top_masks_select_as_the_structured_masks_do():
+    torch.manual_seed(0)
+    scores = torch.randn(1, 7, 5).round(decimals=1)  # ties
+    eligible = torch.rand(1, 7, 5) < 0.6
+    fractions = [0.05, 0.2, 0.5, 1.0]
+    for fraction, mask in zip(fractions, top_masks(scores[0], eligible[0], fractions, "entries")):
+        if round(fraction * int(eligible.sum())) == 0:
+            continue
+        assert torch.equal(mask, top_node_feature_mask(scores, fraction, eligible)[0])
+    edges = torch.randn(1, 30)
+    for fraction, mask in zip([0.1, 0.5], top_masks(edges[0], torch.ones(30, dtype=torch.bool), [0.1, 0.5], "edges")):
+        assert torch.equal(mask, top_edge_mask(edges, fraction)[0])
+    with pytest.raises(ValueError, match="selects nothing"):
+        top_masks(edges[0], torch.zeros(30, dtype=torch.bool).index_fill(0, torch.tensor([0]), True), [0.1], "edges")
 
 
 def test_graph_consistency_on_the_fixture(data):
