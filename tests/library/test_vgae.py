@@ -13,7 +13,7 @@ from labelfree.attribution.inputs import EdgeRepresentation, LabelFreeForwardArg
 from labelfree.data.graph import split_edges
 from labelfree.data.splits import build_dataset
 from labelfree.models.registry import build_model
-from labelfree.models.vgae import VGAE, link_auc
+from labelfree.models.vgae import VGAE, SparseFeatures, link_auc
 from labelfree.metrics.structured import top_edge_mask, top_node_feature_mask
 from labelfree.protocols.graph import computation_subgraph, eligible_counts, explainable, graph_consistency, top_masks
 from labelfree.training import TrainConfig
@@ -93,6 +93,10 @@ def test_shared_normalisation_equals_plain_gcnconv_layers():
     mu, logvar = gcn.posterior(x, edge_index, weight)
     assert torch.allclose(mu, plain[1](hidden, edge_index, weight), atol=1e-6)
     assert torch.allclose(logvar, plain[2](hidden, edge_index, weight), atol=1e-6)
+    x[x < 0.7] = 0  # sparse features: the first layer from the non-zeros equals the dense product
+    dense = gcn.posterior(x, edge_index, weight)
+    for a, b in zip(gcn.posterior(SparseFeatures(x), edge_index, weight), dense):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_per_node_loss_averages_to_the_edge_level_vgae_loss(data):
