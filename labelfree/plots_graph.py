@@ -4,6 +4,7 @@ coloured by importance (matplotlib only, a radial layout by hop distance)."""
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 
@@ -74,6 +75,7 @@ def plot_node_neighbourhood(edge_index: Tensor, node: int, node_importance: Tens
         weights = torch.tensor(list(strongest.values()))
         lines = LineCollection(segments, cmap="Greys", array=weights.numpy(), linewidths=0.6 + 2.4 * (
             weights / weights.max().clamp_min(1e-12)).numpy(), zorder=1)
+        lines.set_clim(-0.15 * float(weights.max()), float(weights.max()))  # the weakest edges stay visible
         axes.add_collection(lines)
         fig.colorbar(lines, ax=axes, shrink=0.6, label="edge importance |attribution|")
     members = sorted(positions)
@@ -88,5 +90,5 @@ def plot_node_neighbourhood(edge_index: Tensor, node: int, node_importance: Tens
     fig.colorbar(points, ax=axes, shrink=0.6, label="node-feature importance (sum |attribution|)")
     axes.set_aspect("equal")
     axes.set_axis_off()
-    axes.set_title(title)
+    fig.suptitle(textwrap.fill(title, 50))
     return fig
