@@ -159,3 +159,15 @@ AGNEWS_SEEDS ?= $(AGNEWS_SEEDS_$(SCALE))
 agnews:  ## consistency of token and example importance on AG News (AGNEWS_SEEDS)
 	$(call sweep,agnews_consistency,$(AGNEWS_SEEDS),sweep)
 	$(AGGREGATE) --study text
+
+# Label-free explanations on a graph (issue 20, docs/cora.md): the VGAE on Cora, feature consistency over node
+# features and edges, example consistency over nodes; tables, figures and claim rows under $(RESULTS)/cora_consistency.
+CORA_SEEDS_paper ?= 1,2,3
+CORA_SEEDS_quick ?= 1
+CORA_SEEDS_smoke ?= 1
+CORA_SEEDS ?= $(CORA_SEEDS_$(SCALE))
+.PHONY: cora
+
+cora:  ## the VGAE on Cora: feature (node features, edges) and example consistency (CORA_SEEDS)
+	$(call sweep,cora_consistency,$(CORA_SEEDS),sweep)
+	$(AGGREGATE) --study graph

@@ -134,6 +134,9 @@ def train_or_load(
     """
     model_cfg = cfg.model if model_cfg is None else model_cfg
     model = build_model(model_cfg)
+    bind_data = getattr(model, "bind_data", None)  # a graph model (VGAE) reads its graph from the splits
+    if callable(bind_data):
+        bind_data(data)
     cache_dir = Path(cfg.paths.cache_dir).expanduser().resolve()
     fingerprints = fingerprint_files(data.files, memo=cache_dir / "data_fingerprints.json")
     key = model_cache_key(cfg, data.variant, model_cfg, trainer_cfg, fingerprints)
@@ -151,7 +154,8 @@ def train_or_load(
             if init_state is not None:
                 model.load_state_dict(init_state)
             start = time.perf_counter()
-            result = train(
+            train_on = getattr(model, "train_on", None)  # a model with its own training loop (VGAE: full batch)
+            result = train_on(data, config, int(cfg.seed), folder / "checkpoints") if callable(train_on) else train(
                 model, data.train_x, data.val_x, config, seed=int(cfg.seed),
                 train_y=data.train_y, val_y=data.val_y, checkpoint_dir=folder / "checkpoints",
             )

@@ -140,6 +140,14 @@ SCHEMA: dict[str, Rule] = {
     "protocol.collapse_kl": Rule("float", low=0),
     "protocol.figures.n_images": _int(),
     "protocol.figures.n_top": _int(),
+    # graph_consistency (Cora, experiments/studies/graph.py)
+    "dataset.val_edge_fraction": _FRACTION,
+    "dataset.test_edge_fraction": _FRACTION,
+    "model.n_features": _int(),
+    "model.hidden_dim": _int(),
+    "protocol.features.n_nodes": _int(nullable=True),
+    "protocol.examples.n_train": _int(nullable=True),
+    "protocol.examples.n_test": _int(nullable=True),
 }
 
 

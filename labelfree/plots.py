@@ -39,7 +39,7 @@ LABELS = {
 
 
 #: data set names in words
-DATASETS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "dsprites": "dSprites"}
+DATASETS = {"mnist": "MNIST", "ecg5000": "ECG5000", "cifar10": "CIFAR-10", "dsprites": "dSprites", "cora": "Cora", "ag_news": "AG News"}
 #: figure widths of a two-column paper (inches): one column, the whole page
 COLUMN, PAGE = 3.4, 7.0
 #: below this many seeds a figure shows every seed's point with the mean and +/- 1 s.d.; from it, boxes

@@ -7,11 +7,11 @@ A new study is one module here defining ``STUDY`` plus its configs (``configs/pr
 
 from __future__ import annotations
 
-from experiments.studies import consistency, disvae, disvae_prior, pretext, roar, text
+from experiments.studies import consistency, disvae, disvae_prior, graph, pretext, roar, text
 from experiments.study import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (consistency.STUDY, roar.STUDY, pretext.STUDY, disvae.STUDY,
-                                                   disvae_prior.STUDY, text.STUDY)}
+                                                   disvae_prior.STUDY, text.STUDY, graph.STUDY)}
 
 
 def study_for(name: str) -> Study:

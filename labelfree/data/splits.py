@@ -21,8 +21,10 @@ from torch import Tensor
 from labelfree.baselines import gaussian_blur
 from labelfree.data.ag_news import AG_NEWS_CLASSES, ag_news_file, load_ag_news
 from labelfree.data.cifar10 import cifar10_files, load_cifar10
+from labelfree.data.cora import CoraGraph, load_cora
 from labelfree.data.dsprites import DSPRITES_URL, load_dsprites
 from labelfree.data.ecg5000 import ecg5000_files, example_split, feature_split, load_ecg5000
+from labelfree.data.graph import EdgeSplit, split_edges
 from labelfree.data.mnist import load_mnist, mnist_files
 from labelfree.data.subsets import balanced_subset, train_val_split
 from labelfree.data.text import MASK_ID, PAD_ID, encode_texts, train_wordpiece, unescape_entities
@@ -236,6 +238,40 @@ def build_ag_news(config: Mapping[str, Any], data_dir: Path, seed: int, purpose:
     return splits
 
 
+@dataclass
+class GraphSplits(DataSplits):
+    """A graph's splits: the examples are node ids (``train_x`` the explained training nodes, ``test_x`` the test
+    nodes, ``y`` their classes, for scoring only); ``val_x [k, 2]`` the validation node pairs of the link task
+    (``val_y`` 1 for a held-out edge, 0 for a negative); ``graph`` the whole graph and ``edges`` the link split
+    (message passing on ``edges.train_edge_index`` only)."""
+
+    graph: CoraGraph | None = None
+    edges: EdgeSplit | None = None
+
+
+def build_cora(config: Mapping[str, Any], data_dir: Path, seed: int, purpose: str) -> GraphSplits:
+    """Cora (Planetoid files, :func:`labelfree.data.cora.load_cora`) for the VGAE: a seeded link split
+    (``val_edge_fraction``, ``test_edge_fraction`` of the undirected edges held out); training examples = every
+    node outside the Planetoid test split, test examples = the Planetoid test nodes. One split for both checks."""
+    graph = load_cora(data_dir)
+    edges = split_edges(graph.edge_index, graph.num_nodes, float(config["val_edge_fraction"]),
+                        float(config["test_edge_fraction"]), seed)
+    is_test = torch.zeros(graph.num_nodes, dtype=torch.bool)
+    is_test[graph.test_index] = True
+    train_nodes = (~is_test).nonzero().flatten()
+    val_pairs = torch.cat([edges.val_pos, edges.val_neg], dim=1).t().contiguous()
+    val_labels = torch.cat([torch.ones(edges.val_pos.shape[1]), torch.zeros(edges.val_neg.shape[1])]).long()
+    log.info("cora: %d nodes, %d training / %d validation / %d test edges; %d training and %d test nodes",
+             graph.num_nodes, edges.train_edge_index.shape[1] // 2, edges.val_pos.shape[1], edges.test_pos.shape[1],
+             len(train_nodes), len(graph.test_index))
+    return GraphSplits(
+        name="cora", variant="default", train_x=train_nodes, train_y=graph.y[train_nodes], val_x=val_pairs,
+        val_y=val_labels, test_x=graph.test_index, test_y=graph.y[graph.test_index],
+        baseline=make_baseline(config["baseline"], graph.x), channel_dim=None, files=tuple(graph.files),
+        graph=graph, edges=edges,
+    )
+
+
 DatasetBuilder = Callable[[Mapping[str, Any], Path, int, str], DataSplits]
 
 #: ``dataset.name`` -> builder. Add a dataset by registering its builder here.
@@ -245,6 +281,7 @@ DATASET_BUILDERS: dict[str, DatasetBuilder] = {
     "ecg5000": build_ecg5000,
     "dsprites": build_dsprites,
     "ag_news": build_ag_news,
+    "cora": build_cora,
 }
 
 

@@ -20,6 +20,7 @@ from labelfree.models.pretext import make_perturbation
 from labelfree.models.prior import PriorRegularised
 from labelfree.models.simclr import make_simclr
 from labelfree.models.vae import BetaTCVAE, BetaVAE, BurgessDecoder, BurgessEncoder
+from labelfree.models.vgae import VGAE
 from labelfree.priors import AttributionPrior
 
 ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module]]] = {"mnist_conv": (MNISTEncoder, MNISTDecoder)}
@@ -107,6 +108,12 @@ def build_tc_vae(config: Mapping[str, Any]) -> PretextModel:
     )
 
 
+def build_vgae(config: Mapping[str, Any]) -> PretextModel:
+    """The variational graph autoencoder on GCN layers (keys: n_features, hidden_dim, latent_dim); its graph is
+    bound from the data splits (:meth:`VGAE.bind_data`)."""
+    return VGAE(**_required(config, n_features=int, hidden_dim=int, latent_dim=int))
+
+
 #: ``model.name`` -> builder.
 MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PretextModel]] = {
     "autoencoder": build_autoencoder,
@@ -116,6 +123,7 @@ MODEL_BUILDERS: dict[str, Callable[[Mapping[str, Any]], PretextModel]] = {
     "beta_vae": build_beta_vae,
     "tc_vae": build_tc_vae,
     "text_gru_autoencoder": build_text_gru_autoencoder,
+    "vgae": build_vgae,
 }
 
 

@@ -30,7 +30,8 @@ def _make_value(variable: str, scale: str) -> str:
 
 
 @pytest.mark.parametrize(("variable", "seeds"), [("MNIST_SEEDS", "1,2,3"), ("ECG_SEEDS", "42"), ("ROAR_SEEDS", "1"),
-                                                 ("PRETEXT_SEEDS", "1,2,3,4,5"), ("DISVAE_SEEDS", "1,2,3,4,5")])
+                                                 ("PRETEXT_SEEDS", "1,2,3,4,5"), ("DISVAE_SEEDS", "1,2,3,4,5"),
+                                                 ("CORA_SEEDS", "1,2,3")])
 def test_paper_scale_seeds(variable, seeds):
     assert _make_value(variable, "paper") == seeds
 
