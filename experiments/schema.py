@@ -130,6 +130,8 @@ SCHEMA: dict[str, Rule] = {
     "protocol.examples.percents": _PERCENTS,
     "protocol.examples.train_per_class": _int(nullable=True),
     "protocol.examples.test_per_class": _int(nullable=True),
+    "protocol.examples.shard.index": _int(0),
+    "protocol.examples.shard.count": _int(),
     "protocol.percents": _PERCENTS,
     "protocol.n_test": _int(nullable=True),
     "protocol.n_train": _int(nullable=True),
@@ -194,11 +196,27 @@ def _models(cfg: DictConfig) -> list[DictConfig]:
     return list(models.values()) if models is not None else [cfg.model]
 
 
+def _check_shard(cfg: DictConfig, examples: list[str]) -> None:
+    """A sharded example check: the index within the count, and only explainers whose columns can be split."""
+    shard = OmegaConf.select(cfg, "protocol.examples.shard")
+    if shard is None or int(shard.count) == 1:
+        return
+    if not int(shard.index) < int(shard.count):
+        raise ConfigError(f"protocol.examples.shard.index={shard.index} is not accepted: expected an integer in "
+                          f"[0, {shard.count}) for shard.count={shard.count}")
+    for name in examples:
+        if name in cfg.explainers and cfg.explainers[name].get("method") == "simplex":
+            raise ConfigError(f"explainers.{name} (simplex) cannot run on a shard of the training set: its weights "
+                              "for a test example are one softmax over every training example; run it unsharded "
+                              "(protocol.examples.shard.count=1) or leave it out of protocol.examples.explainers")
+
+
 def check_config(cfg: DictConfig, placeholder: Path | None = None) -> None:
     """Every check that needs no data: scale, keys, and every explainer the study lists built once."""
     validate_config(cfg)
     _check_keys(cfg)
     features, examples = _listed(cfg)
+    _check_shard(cfg, examples)
     for name in features:
         _check_feature_explainer(cfg, name)
     if examples:

@@ -67,12 +67,21 @@ class Study:
         return [f"{t}.csv" for t in self.tables] + [f"{s}{ext}" for s in stems for ext in (".png", ".pdf")]
 
 
-def identify(cfg: DictConfig, data: DataSplits, frame: pd.DataFrame) -> pd.DataFrame:
-    """Prefix every row of a protocol's tidy frame with experiment, dataset, model and seed."""
-    ident = {
+def identity(cfg: DictConfig, data: DataSplits) -> dict[str, Any]:
+    """What every row of a run's tables starts with: experiment, dataset, model and seed."""
+    return {
         "experiment": cfg.get("experiment") or "adhoc",
         "dataset": data.name,
         "model": f"{cfg.model.name}:{cfg.model.get('pretext', '')}",
         "seed": int(cfg.seed),
     }
+
+
+def identify(cfg: DictConfig, data: DataSplits, frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix every row of a protocol's tidy frame with experiment, dataset, model and seed."""
+    return identified(identity(cfg, data), frame)
+
+
+def identified(ident: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix every row of ``frame`` with the entries of ``ident`` (:func:`identity`)."""
     return pd.DataFrame([{**ident, **row} for row in frame.to_dict("records")])

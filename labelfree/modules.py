@@ -1,16 +1,17 @@
-"""Small facts about ``nn.Module`` objects that every floor needs: where a module lives, and running
-it in eval mode without leaving it changed."""
+"""Small facts about ``nn.Module`` objects that every floor needs: where a module lives, running it in eval
+mode without leaving it changed, and the record a module leaves of one call for per-example gradients."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Union
 
 import torch
 from torch import nn
 
-__all__ = ["OutputSelector", "eval_mode", "module_device", "select_output"]
+__all__ = ["OutputSelector", "ProbeRecord", "eval_mode", "module_device", "select_output"]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -81,3 +82,20 @@ def select_output(output: object, selector: OutputSelector = None, what: str = "
         raise TypeError(f"output={selector!r} selected {_describe(chosen)} from the {what}'s output "
                         f"{_describe(output)}, not a tensor; {accepted}")
     return chosen
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeRecord:
+    """One call of a module, recorded for per-example gradients of the module's own parameters.
+
+    A module that supports it (``record_per_example(records)``, e.g. ``labelfree.models.lstm.LSTMLayer``)
+    adds ``probe``, a zero tensor ``[n, ...]`` that requires grad, to a pre-activation of its call (``a + 0``:
+    the forward's values do not change), and appends this record to ``records``. One batched backward of the
+    summed loss to ``probe`` gives ``G = dL/d(pre-activation)`` for every example at once; ``contract(G, into)``
+    adds the per-example gradient of each own parameter named in ``into`` (its name inside the module) to
+    ``into[name]``, a ``[n, *shape]`` view, valid when example i's loss depends on example i's activations only.
+    """
+
+    module: torch.nn.Module
+    probe: torch.Tensor
+    contract: Callable[[torch.Tensor, dict[str, torch.Tensor]], None]

@@ -24,7 +24,8 @@ from experiments.claims import (
     resolve_methods,
 )
 from experiments.explainers import build_example_explainers, build_feature_explainers
-from experiments.study import Study, StudyResult, identify
+from experiments.shards import write_example_shard
+from experiments.study import Study, StudyResult, identify, identity
 from experiments.workbench import Workbench
 from labelfree.data.subsets import balanced_subset, random_subset
 from labelfree.plots import dataset_label, plot_representation_shift, plot_similarity_rates
@@ -66,6 +67,13 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         train_idx = class_subset(data.train_y, protocol.examples.train_per_class, seed)
         test_idx = class_subset(data.test_y, protocol.examples.test_per_class, seed)
         explainers = build_example_explainers(cfg, list(protocol.examples.explainers), model, trained.checkpoints)
+        shard = protocol.examples.get("shard")
+        if shard is not None and int(shard.count) > 1:  # this job's score blocks; experiments.shards merges them
+            result.summary["examples_shard"] = write_example_shard(
+                shard, explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx],
+                data.test_y[test_idx], list(protocol.examples.percents), model.uses_labels, identity(cfg, data))
+            result.summary["examples_seconds"] = time.perf_counter() - start
+            return result
         frame, seconds = consistency_examples(
             explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx], data.test_y[test_idx],
             list(protocol.examples.percents), fit_labels=model.uses_labels,

@@ -12,7 +12,9 @@ its fused CPU kernel (``aten::mkldnn_rnn_layer``): ``vmap`` falls back to a slow
 (about 50 s for the per-example gradients of 8 beats through the paper's encoder on 2 CPU cores,
 against about 0.2 s here); and cuDNN's fused RNN has no double backward on CUDA. :class:`LSTMLayer`
 unrolls the recurrence over time with plain matrix products and pointwise ops, which ``vmap``,
-``grad`` and double backward all handle, on every device.
+``grad`` and double backward all handle, on every device. Per-example gradients need no ``vmap`` at all:
+the layer records its calls (:meth:`LSTMLayer.record_per_example`) so that one batched backward gives every
+example's gradient (``labelfree.attribution.examples.per_example``).
 It keeps ``nn.LSTM``'s parameter layout (``weight_ih [4H, I]``, ``weight_hh [4H, H]``, ``bias_ih``,
 ``bias_hh``, gates stacked in the order input, forget, cell, output) and initialisation, and computes
 the same function (:meth:`LSTMLayer.from_torch` copies an ``nn.LSTM``'s weights). The same layer is
@@ -26,6 +28,7 @@ Shapes: sequences are batch first, ``[n, T, C]`` (time steps, channels; ECG5000:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from labelfree.data.ecg5000 import ECG_SHAPE
 from labelfree.models.base import PretextModel
+from labelfree.modules import ProbeRecord
 
 __all__ = [
     "LSTMAutoEncoder",
@@ -68,6 +72,19 @@ class LSTMLayer(nn.Module):
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
         self.reset_parameters()
+        self._per_example_records: list[ProbeRecord] | None = None
+
+    def record_per_example(self, records: list[ProbeRecord] | None) -> None:
+        """Record every later call into ``records`` for per-example gradients (``None``: stop recording).
+
+        A recorded call runs the recurrence as :class:`_RecordedRecurrence` (the same function, with its
+        backward written out: about a third of the operations of autograd's), adds a zero probe
+        ``[n, T, 4H]`` to the gate pre-activations ``a_t`` and appends a :class:`~labelfree.modules.ProbeRecord`
+        whose contraction of ``G_t = dL/da_t`` gives each example's gradients (BPTT, summed over steps)::
+
+            dW_ih[i] = sum_t G_t[i]^T x_t[i],  dW_hh[i] = sum_{t>=1} G_t[i]^T h_{t-1}[i],  db_ih[i] = db_hh[i] = sum_t G_t[i]
+        """
+        self._per_example_records = records
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -100,6 +117,8 @@ class LSTMLayer(nn.Module):
         # The input projection of all steps is one matrix product; ``unbind`` (not indexing) keeps
         # its backward a single stack instead of one full-size zero tensor per step.
         projected = nn.functional.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)
+        if getattr(self, "_per_example_records", None) is not None:
+            return self._recorded(projected, return_sequence, x)
         return self._recur(projected.unbind(1), return_sequence)
 
     def forward_repeated(self, z: Tensor, steps: int, return_sequence: bool = True) -> Tensor:
@@ -113,7 +132,21 @@ class LSTMLayer(nn.Module):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         projected = nn.functional.linear(z, self.weight_ih, self.bias_ih + self.bias_hh)
+        if getattr(self, "_per_example_records", None) is not None:
+            return self._recorded(projected[:, None].expand(-1, steps, -1), return_sequence, z)
         return self._recur([projected] * steps, return_sequence)
+
+    def _recorded(self, projected: Tensor, return_sequence: bool, inputs: Tensor) -> Tensor:
+        """A recorded call (:meth:`record_per_example`) on ``projected [n, T, 4H]`` of ``inputs`` (``[n, T, I]``,
+        or ``[n, I]`` repeated at every step)."""
+        records = self._per_example_records
+        assert records is not None
+        # an expanded zero: no memory; its gradient is dL/d(pre-activations) [n, T, 4H]
+        probe = projected.new_zeros(()).requires_grad_().expand(projected.shape)
+        hidden = _RecordedRecurrence.apply(projected, self.weight_hh, probe)
+        contract = functools.partial(self._per_example_contract, inputs.detach(), hidden.detach())
+        records.append(ProbeRecord(self, probe, contract))
+        return hidden if return_sequence else hidden[:, -1]
 
     def _recur(self, projected: list[Tensor] | tuple[Tensor, ...], return_sequence: bool) -> Tensor:
         """The recurrence over the per-step input projections ``projected[t] [n, 4H]``."""
@@ -134,6 +167,99 @@ class LSTMLayer(nn.Module):
         if h is None:
             raise ValueError("LSTMLayer needs a sequence with at least one time step")
         return torch.stack(outputs, dim=1) if return_sequence else h
+
+    @staticmethod
+    def _per_example_contract(inputs: Tensor, hidden: Tensor, gates_grad: Tensor, into: dict[str, Tensor]) -> None:
+        """Add the per-example gradients of the parameters named in ``into`` (views ``[n, *shape]``) from
+        ``G = gates_grad [n, T, 4H]``, the recorded ``inputs`` (``[n, T, I]``, or ``[n, I]`` at every step) and
+        ``hidden`` (``h_0 .. h_{T-1}``): batched matrix products over time, straight into ``into``."""
+        if "weight_ih" in into:
+            if inputs.dim() == 3:  # sum_t G_t^T x_t
+                into["weight_ih"].baddbmm_(gates_grad.transpose(1, 2), inputs)
+            else:  # the same input at every step: (sum_t G_t)^T z
+                into["weight_ih"].addcmul_(gates_grad.sum(1)[:, :, None], inputs[:, None, :])
+        if "weight_hh" in into and hidden.shape[1] > 1:  # one step: the recurrent weights are never used
+            into["weight_hh"].baddbmm_(gates_grad[:, 1:].transpose(1, 2), hidden[:, :-1])
+        for name in ("bias_ih", "bias_hh"):
+            if name in into:
+                into[name].add_(gates_grad.sum(1))
+
+
+class _RecordedRecurrence(torch.autograd.Function):
+    """The LSTM recurrence ``[n, T, 4H] pre-activations without the recurrent term, W_hh -> h [n, T, H]``, with
+    its backward (BPTT) written out: per step 6 operations instead of autograd's ~25 nodes, on time-major
+    buffers (each step's slice contiguous). ``probe`` (zeros of the pre-activations' shape, usually an
+    expanded scalar) does not enter the value: it receives ``dL/d(pre-activations)`` as its gradient, which is
+    what per-example gradients contract. First order only (recorded calls serve per-example gradients, never
+    double backward or ``vmap``)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, projected: Tensor, weight_hh: Tensor,  # noqa: D102
+                probe: Tensor) -> Tensor:
+        n, steps, width = projected.shape
+        size = width // 4
+        recurrent = weight_hh.t()
+        act = projected.new_empty(steps, n, width)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+        cells, tanh_cells, hidden = (projected.new_empty(steps, n, size) for _ in range(3))
+        # every step writes into these buffers: no allocation in the loop (a fresh [n, 4H] tensor per operation
+        # is a page-faulting allocation once it passes malloc's mmap threshold, and costs more than the operation)
+        gates, candidate = projected.new_empty(n, width), projected.new_empty(n, size)
+        for step in range(steps):
+            if step == 0:
+                gates.copy_(projected[:, 0])
+            else:
+                torch.addmm(projected[:, step], hidden[step - 1], recurrent, out=gates)
+            a = act[step]
+            torch.sigmoid(gates, out=a)
+            torch.tanh(gates[:, 2 * size : 3 * size], out=a[:, 2 * size : 3 * size])
+            in_gate, forget_gate, cell_gate, out_gate = a.chunk(4, dim=1)
+            if step == 0:
+                torch.mul(in_gate, cell_gate, out=cells[step])
+            else:
+                torch.mul(in_gate, cell_gate, out=candidate)
+                torch.addcmul(candidate, forget_gate, cells[step - 1], out=cells[step])
+            torch.tanh(cells[step], out=tanh_cells[step])
+            torch.mul(out_gate, tanh_cells[step], out=hidden[step])
+        ctx.save_for_backward(act, cells, tanh_cells, hidden, weight_hh)
+        return hidden.transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,  # noqa: D102
+                 output_grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        act, cells, tanh_c, hidden, weight_hh = ctx.saved_tensors
+        steps, n, size = cells.shape
+        in_gate, forget_gate, cell_gate, out_gate = act.chunk(4, dim=2)
+        output_grad = output_grad.transpose(0, 1)
+        # The factors d a_t -> dL/d(gates)_t, all steps at once, written straight into the gradient (each step then
+        # scales its slice in place): no temporary as large as the sequence, whose first touch costs page faults.
+        gates_grad = act.new_empty(steps, n, 4 * size)
+        d_in, d_forget, d_cell, d_out = gates_grad.chunk(4, dim=2)
+        torch.mul(in_gate, in_gate, out=d_in)
+        torch.sub(in_gate, d_in, out=d_in).mul_(cell_gate)  # g i (1 - i)
+        d_forget[0].zero_()  # c_{-1} = 0
+        torch.mul(forget_gate[1:], forget_gate[1:], out=d_forget[1:])
+        torch.sub(forget_gate[1:], d_forget[1:], out=d_forget[1:]).mul_(cells[:-1])  # c_{t-1} f (1 - f)
+        torch.mul(cell_gate, cell_gate, out=d_cell).neg_().add_(1).mul_(in_gate)  # i (1 - g^2)
+        torch.mul(out_gate, out_gate, out=d_out)
+        torch.sub(out_gate, d_out, out=d_out).mul_(tanh_c)  # tanh(c) o (1 - o)
+        dc_from_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(out_gate)  # o (1 - tanh(c)^2)
+        # buffers reused by every step (see forward): dL/dh_t, dL/dc_t, and what flows to step t - 1
+        dh, dc, dh_back, dc_back = (act.new_zeros(n, size) for _ in range(4))
+        for step in range(steps - 1, -1, -1):
+            torch.add(output_grad[step], dh_back, out=dh)
+            torch.addcmul(dc_back, dh, dc_from_h[step], out=dc)
+            grad = gates_grad[step]
+            grad[:, : 3 * size].unflatten(1, (3, size)).mul_(dc[:, None])
+            grad[:, 3 * size :].mul_(dh)
+            if step > 0:
+                torch.mul(dc, forget_gate[step], out=dc_back)
+                torch.mm(grad, weight_hh, out=dh_back)
+        weight_grad = None
+        if ctx.needs_input_grad[1]:
+            weight_grad = gates_grad[1:].flatten(0, 1).t() @ hidden[:-1].flatten(0, 1)
+        gates_grad = gates_grad.transpose(0, 1)
+        return (gates_grad if ctx.needs_input_grad[0] else None, weight_grad,
+                gates_grad if ctx.needs_input_grad[2] else None)
 
 
 class LSTMEncoder(nn.Module):

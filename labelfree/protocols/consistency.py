@@ -38,7 +38,7 @@ from labelfree.modules import module_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["consistency_examples", "consistency_features", "tidy_row"]
+__all__ = ["consistency_examples", "consistency_features", "similarity_rows", "tidy_row"]
 
 
 def tidy_row(method: str, level: float, metric: str, values: Tensor) -> dict[str, Any]:
@@ -104,7 +104,6 @@ def consistency_examples(
     """
     if not explainers:
         raise ValueError("consistency_examples needs at least one example explainer")
-    counts = [percent_to_count(m, len(train_x)) for m in percents]
     rows, seconds = [], {}
     for name, explainer in explainers.items():
         start = time.perf_counter()
@@ -112,7 +111,17 @@ def consistency_examples(
         scores = check_finite(f"example importance by {name}", explainer.attribute(test_x, test_y if fit_labels else None))
         seconds[name] = time.perf_counter() - start
         log.info("examples %s: %.1f s", name, seconds[name])
-        curves_most, curves_least = similarity_rate_curves(scores, test_y, train_y, counts)
-        for m_percent, most, least in zip(percents, curves_most, curves_least):
-            rows += [tidy_row(name, m_percent, "similarity_most", most), tidy_row(name, m_percent, "similarity_least", least)]
+        rows += similarity_rows(name, scores, train_y, test_y, percents)
     return check_finite("consistency_examples", pd.DataFrame(rows)), seconds
+
+
+def similarity_rows(name: str, scores: Tensor, train_y: Tensor, test_y: Tensor,
+                    percents: Sequence[float]) -> list[dict[str, Any]]:
+    """The tidy rows of explainer ``name``'s scores ``[n_test, n_train]``: similarity_most and similarity_least
+    at each M of ``percents`` (in percent of the training examples). Also what merges sharded scores."""
+    counts = [percent_to_count(m, scores.shape[1]) for m in percents]
+    curves_most, curves_least = similarity_rate_curves(scores, test_y, train_y, counts)
+    rows = []
+    for m_percent, most, least in zip(percents, curves_most, curves_least):
+        rows += [tidy_row(name, m_percent, "similarity_most", most), tidy_row(name, m_percent, "similarity_least", least)]
+    return rows

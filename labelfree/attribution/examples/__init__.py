@@ -45,6 +45,7 @@ from labelfree.attribution.examples.registry import (
     requires_loss,
 )
 from labelfree.attribution.examples.representation import DKNN, SimplEx
+from labelfree.attribution.examples.shards import attribute_shard, merge_shards, shard_bounds
 from labelfree.attribution.examples.tracin import CheckpointLike, TracIn, load_checkpoint
 from labelfree.training import Checkpoint
 
@@ -68,9 +69,12 @@ __all__ = [
     "TracIn",
     "TrainingHessian",
     "Wrt",
+    "attribute_shard",
     "build_example_explainer",
     "example_settings",
     "load_checkpoint",
+    "merge_shards",
     "pretext_objective_loss",
     "requires_loss",
+    "shard_bounds",
 ]

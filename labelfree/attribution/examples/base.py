@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
@@ -59,6 +59,23 @@ class ExampleImportance(ABC):
     @abstractmethod
     def attribute(self, test_x: Tensor, test_y: Tensor | None = None) -> Tensor:
         """Importance of every training example for every test example: float ``[n_test, n_train]`` on CPU."""
+
+    #: Whether column i of the scores depends on training example i alone (then a shard of the training set is
+    #: fitted on its slice); an explainer whose scores couple the columns says why in :attr:`unshardable_reason`.
+    columns_independent: ClassVar[bool] = False
+    unshardable_reason: ClassVar[str] = "it does not declare how its score columns depend on the training set"
+
+    def fit_columns(self, train_x: Tensor, train_y: Tensor | None, start: int, stop: int) -> ExampleImportance:
+        """Fit so that ``attribute`` returns columns ``[start, stop)`` of the ``[n_test, n_train]`` scores that
+        ``fit(train_x, train_y)`` would give, equal to them (a shard of the training set; see
+        :mod:`labelfree.attribution.examples.shards`). Refused, with the reason, where that is impossible."""
+        if not 0 <= start < stop <= len(train_x):
+            raise ValueError(f"columns [{start}, {stop}) are not a non-empty range of the {len(train_x)} training "
+                             "examples")
+        if not self.columns_independent:
+            raise ValueError(f"{type(self).__name__} cannot be computed on a shard of the training set: "
+                             f"{self.unshardable_reason}; run it unsharded")
+        return self.fit(train_x[start:stop], None if train_y is None else train_y[start:stop])
 
     def _check_fitted(self) -> None:
         if not self._fitted:

@@ -2,8 +2,10 @@
 
 An :class:`Objective` is a per-example loss ``loss(model, x, y) -> Tensor[n]`` restricted to some of the
 model's parameters (the encoder's by default, the paper's theta_f). Any ``nn.Module`` works: the project's
-models bring their pretext loss, a user's model brings its own loss callable. Per-example gradients come from
-``torch.func`` (``vmap(grad(functional_call))``) in eval mode; Hessian products from :mod:`.hessian`.
+models bring their pretext loss, a user's model brings its own loss callable. Per-example gradients come, in eval
+mode, from one batched backward with probes (:mod:`.per_example`) where every differentiated parameter belongs to
+a module that supports it (``nn.Linear``, the LSTM layers), else from ``torch.func`` (``vmap(grad(functional_call))``);
+Hessian products from :mod:`.hessian`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +22,7 @@ from torch.func import functional_call, grad, vmap
 
 from labelfree.attribution.examples.base import check_positive_int
 from labelfree.attribution.examples.hessian import HessianOptions, _LossModule, build_hessian
+from labelfree.attribution.examples.per_example import ProbesDeclined, probe_per_example_grads, probe_plan
 from labelfree.modules import eval_mode
 
 if TYPE_CHECKING:
@@ -27,7 +30,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LossFn", "Objective", "Wrt", "pretext_objective_loss"]
+__all__ = ["PER_EXAMPLE_METHODS", "LossFn", "Objective", "Wrt", "pretext_objective_loss"]
+
+#: How :meth:`Objective.per_example_grads` differentiates: ``"auto"`` (probes where the model supports them, else
+#: ``vmap``), ``"probes"`` (one batched backward, :mod:`.per_example`; an error where it cannot), ``"vmap"``.
+PER_EXAMPLE_METHODS = ("auto", "probes", "vmap")
 
 #: ``loss(model, x, y) -> Tensor[n]``, one loss per example; ``y`` is ``None`` when no labels are passed.
 #: A loss that never uses labels may take only ``(model, x)``.
@@ -107,6 +114,11 @@ class Objective:
             default loss (the project's models; ``False`` when absent); for a given loss, ``False`` when it takes only
             ``(model, x)``, else labels are passed when given (and ``None`` when not). ``True``: labels are required.
             Labels given to an objective that does not use them are ignored with a warning.
+        per_example: how per-example gradients are computed (the numbers agree to rounding): ``"auto"`` (default)
+            takes one batched backward with probes (:mod:`.per_example`) when every differentiated parameter
+            belongs to an ``nn.Linear`` or a module with ``record_per_example`` (the LSTM layers) and the first
+            example of each call matches plain autograd on that example alone, else ``vmap``; ``"probes"`` requires
+            the batched path (an error says why it cannot); ``"vmap"`` always uses ``vmap(grad(...))``.
 
     Gradients are flattened in parameter order (``model.get_submodule(wrt).named_parameters()``, or
     ``model.named_parameters()`` filtered by the prefixes) into vectors of length :attr:`n_params` (P). Everything
@@ -118,8 +130,11 @@ class Objective:
     wrt: Wrt = "encoder"
     loss: LossFn = pretext_objective_loss
     uses_labels: bool | None = None
+    per_example: Literal["auto", "probes", "vmap"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.per_example not in PER_EXAMPLE_METHODS:
+            raise ValueError(f"Objective.per_example must be one of {PER_EXAMPLE_METHODS}, got {self.per_example!r}")
         if not isinstance(self.model, nn.Module):
             raise TypeError(f"Objective.model must be an nn.Module, got {type(self.model).__name__}")
         if not getattr(self.model, "per_example_loss", True):
@@ -220,12 +235,30 @@ class Objective:
         Args:
             x: inputs ``[n, ...]`` (any device; moved chunk by chunk to the model's device).
             y: labels ``[n]`` passed to the loss, or ``None``.
-            chunk_size: examples per ``vmap`` call; bounds the memory to ``chunk_size`` copies of
-                the per-example forward/backward (default 64).
+            chunk_size: examples per batched backward (or ``vmap`` call); bounds the memory to one forward
+                and backward of ``chunk_size`` examples (default 64).
+
+        The path is :attr:`per_example`'s (probes or ``vmap``); both give the same numbers to rounding.
         """
         check_positive_int("chunk_size", chunk_size)
         if y is not None and len(y) != len(x):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        if self.per_example != "vmap":
+            plan = probe_plan(self)
+            if isinstance(plan, str):
+                if self.per_example == "probes":
+                    raise ValueError(f"Objective(per_example='probes') cannot batch these gradients: {plan}")
+                logger.debug("per-example gradients by vmap: %s", plan)
+            else:
+                out = torch.empty(len(x), self.n_params, device=self.device, dtype=self.dtype)
+                try:
+                    with eval_mode(self.model), torch.no_grad():
+                        probe_per_example_grads(self, plan, x, y, out, chunk_size)
+                    return out
+                except ProbesDeclined as error:
+                    if self.per_example == "probes":
+                        raise ValueError(f"Objective(per_example='probes'): {error}") from error
+                    logger.warning("per-example gradients fall back to vmap: %s", error)
         wrapper = _LossModule(self.model, self.loss)
         device = self.device
 

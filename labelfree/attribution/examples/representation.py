@@ -87,6 +87,9 @@ class SimplEx(_RepresentationImportance):
             callable (:func:`labelfree.modules.select_output`); ``None``: the output is a tensor.
     """
 
+    unshardable_reason = ("its weights for a test example are a softmax over every training example, fitted in one "
+                          "optimisation, so each column depends on all the others")
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -140,6 +143,8 @@ class DKNN(_RepresentationImportance):
         batch_size: examples per encoder call when computing representations.
         output: for an encoder returning a tuple or dict, which part is the representation (as for :class:`SimplEx`).
     """
+
+    columns_independent = True  # score(t, i) reads training example i only
 
     def __init__(self, encoder: nn.Module, eps: float = 1e-12, batch_size: int = 1024,
                  output: OutputSelector = None) -> None:

@@ -137,6 +137,8 @@ class TracIn(LossBasedImportance):
         chunk_size: examples per ``vmap`` call when computing per-example gradients (default 256).
     """
 
+    columns_independent = True  # score(t, i) reads training example i only
+
     def __init__(self, objective: Objective, checkpoints: Sequence[CheckpointLike], chunk_size: int = 256) -> None:
         if isinstance(checkpoints, (str, os.PathLike, Mapping, Checkpoint)):
             checkpoints = [checkpoints]  # one checkpoint given alone
