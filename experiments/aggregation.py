@@ -40,8 +40,9 @@ TITLES = {"consistency_features": "consistency of feature importance",
           "roar": "retraining without the most important pixels (ROAR)"}
 #: config keys (and key prefixes) that do not change what a run computes: the seed (stacked across), where
 #: files go, how the run is logged and restarted, and which check of a study is on (each writes its own table)
+#: (and how the training examples were split into shard jobs: the merged scores equal the unsharded ones, tested)
 NEUTRAL_KEYS = ("seed", "paths", "logger", "skip_finished", "progress", "device", "protocol.features.enabled",
-                "protocol.examples.enabled")
+                "protocol.examples.enabled", "protocol.examples.shard")
 
 
 @dataclass

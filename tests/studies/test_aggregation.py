@@ -125,3 +125,14 @@ def test_redraw_rewrites_tables_and_figures_from_kept_rows_only(tmp_path):
     assert {"roar_table.csv", "roar_table.md", "roar_table.tex", "roar.png", "roar.pdf"} <= written
     table = pd.read_csv(folder / "roar_table.csv")
     assert table["mean"].notna().all() and set(table["n"]) == {2} and set(table["seed_list"]) == {"1, 2"}
+
+
+def test_how_examples_were_sharded_does_not_change_a_runs_config_id():
+    from experiments.aggregation import _neutral, config_id
+
+    base = {"protocol.examples.percents": [5, 10], "trainer.epochs": 3}
+    sharded = {**base, "protocol.examples.shard.count": 2, "protocol.examples.shard.index": 1,
+               "protocol.examples.shard.dir": "/tmp/x"}
+    kept = {k: v for k, v in sharded.items() if not _neutral(k)}
+    assert config_id(kept, "cpu") == config_id(base, "cpu")
+    assert not _neutral("protocol.examples.percents")
