@@ -73,6 +73,15 @@ def test_feature_consistency_every_verdict():
     assert check(None, "mnist", RULES["consistency"]).verdict == NOT_RUN
 
 
+def test_equal_shift_at_full_masking_is_judged_within_each_seed():
+    frame = _features(2.0, 1.0)
+    full = frame["level"] == 100
+    frame.loc[full, "value"] = 3.0 + frame.loc[full, "seed"]  # each seed's model shifts differently, methods equal
+    assert "equal at 100 %: yes" in consistency.feature_consistency(frame, "mnist", RULES["consistency"]).measured
+    frame.loc[full & (frame["method"] == "saliency") & (frame["seed"] == SEEDS[0]), "value"] += 1.0
+    assert "equal at 100 %: NO" in consistency.feature_consistency(frame, "mnist", RULES["consistency"]).measured
+
+
 def test_feature_consistency_fails_when_a_method_loses_at_a_large_p():
     frame = _features(2.0, 1.0)
     frame.loc[(frame["method"] == "saliency") & (frame["level"] == 80.0), "value"] = 0.5
