@@ -74,17 +74,26 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
                 data.test_y[test_idx], list(protocol.examples.percents), model.uses_labels, identity(cfg, data))
             result.summary["examples_seconds"] = time.perf_counter() - start
             return result
-        frame, seconds = consistency_examples(
-            explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx], data.test_y[test_idx],
-            list(protocol.examples.percents), fit_labels=model.uses_labels,
-        )
-        frame = identify(cfg, data, frame)
-        result.tables[EXAMPLES] = frame
-        result.figures[EXAMPLES] = plot_similarity_rates(
-            frame, f"{dataset_label(data.name)}: consistency of example importance (seed {seed})")
-        result.summary["examples_seconds"] = time.perf_counter() - start
-        result.summary["example_explainer_seconds"] = seconds
+        example_check(cfg, trained, explainers, train_idx, test_idx, result, start,
+                      f"{dataset_label(data.name)}: consistency of example importance (seed {seed})")
     return result
+
+
+def example_check(cfg: DictConfig, trained: Any, explainers: Mapping[str, Any], train_idx: Any, test_idx: Any,
+                  result: StudyResult, start: float, title: str, table: str = EXAMPLES) -> None:
+    """Similarity rates of ``explainers`` on the training and test subsets ``train_idx``, ``test_idx`` of
+    ``trained.data``: the table ``table``, its figure (``title``) and the seconds into ``result`` (the example check of
+    every consistency study: images, time series, texts, nodes)."""
+    data, model = trained.data, trained.model
+    frame, seconds = consistency_examples(
+        explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx], data.test_y[test_idx],
+        list(cfg.protocol.examples.percents), fit_labels=model.uses_labels,
+    )
+    frame = identify(cfg, data, frame)
+    result.tables[table] = frame
+    result.figures[table] = plot_similarity_rates(frame, title)
+    result.summary["examples_seconds"] = time.perf_counter() - start
+    result.summary["example_explainer_seconds"] = seconds
 
 
 PLOTS = {FEATURES: plot_representation_shift, EXAMPLES: plot_similarity_rates}

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from experiments.aggregation import aggregate_levels, redraw_levels
 from experiments.claims import Claim, figure_link, read_table
 from experiments.explainers import build_example_explainers, explainer_settings
-from experiments.studies.consistency import example_consistency, feature_consistency
+from experiments.studies.consistency import example_check, example_consistency, feature_consistency
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
 from labelfree.attribution.features import CAPTUM_METHODS, RandomAttribution
@@ -29,7 +29,6 @@ from labelfree.data.subsets import random_subset
 from labelfree.models.vgae import link_auc
 from labelfree.plots import dataset_label, plot_representation_shift, plot_similarity_rates
 from labelfree.plots_graph import plot_edge_shift, plot_node_neighbourhood
-from labelfree.protocols.consistency import consistency_examples
 from labelfree.protocols.graph import TARGETS, explainable, graph_consistency
 
 NODE_FEATURES, EDGES, EXAMPLES = "graph_node_features", "graph_edges", "graph_examples"
@@ -112,14 +111,8 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         train_idx = random_subset(len(data.train_x), protocol.examples.n_train, seed)
         test_idx = random_subset(len(data.test_x), protocol.examples.n_test, seed)
         explainers = build_example_explainers(cfg, list(protocol.examples.explainers), model, trained.checkpoints)
-        frame, seconds = consistency_examples(
-            explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx], data.test_y[test_idx],
-            list(protocol.examples.percents))
-        frame = identify(cfg, data, frame)
-        result.tables[EXAMPLES] = frame
-        result.figures[EXAMPLES] = plot_similarity_rates(frame, f"{label}: consistency of example importance (seed {seed})")
-        result.summary["examples_seconds"] = time.perf_counter() - start
-        result.summary["example_explainer_seconds"] = seconds
+        example_check(cfg, trained, explainers, train_idx, test_idx, result, start,
+                      f"{label}: consistency of example importance (seed {seed})", table=EXAMPLES)
     return result
 
 

@@ -24,7 +24,13 @@ from experiments.aggregation import aggregate_levels, collect, expected_seeds, f
 from experiments.claims import Claim, figure_link, read_table
 from experiments.config import container
 from experiments.explainers import build_example_explainers, explainer_settings
-from experiments.studies.consistency import PLOTS, class_subset, example_consistency, feature_consistency
+from experiments.studies.consistency import (
+    PLOTS,
+    class_subset,
+    example_check,
+    example_consistency,
+    feature_consistency,
+)
 from experiments.study import Study, StudyResult, identify
 from experiments.workbench import Workbench
 from labelfree.attribution.tokens import TOKEN_METHODS, TokenAttribution
@@ -32,14 +38,12 @@ from labelfree.data.ag_news import AG_NEWS_CLASSES
 from labelfree.data.subsets import random_subset
 from labelfree.data.text import PAD_ID, SPECIAL_TOKENS
 from labelfree.io import save_csv, save_json
-from labelfree.plots import plot_representation_shift, plot_similarity_rates, save_figure
+from labelfree.plots import dataset_label, plot_representation_shift, save_figure
 from labelfree.plots_text import plot_token_highlight
-from labelfree.protocols.consistency import consistency_examples
 from labelfree.protocols.text import token_consistency
 
 FEATURES, EXAMPLES, HIGHLIGHT = "consistency_features", "consistency_examples", "token_highlight"
 STUDY_NAME = "text"
-TITLE = {"ag_news": "AG News"}
 
 
 def ignore_ids(names: Sequence[str]) -> list[int]:
@@ -107,7 +111,7 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         trained = bench.get("features")
         bench.reseed()
         data, encoder = trained.data, trained.model.encoder
-        label = TITLE.get(data.name, data.name)
+        label = dataset_label(data.name)
         test_idx = random_subset(len(data.test_x), protocol.features.n_test, seed)
         test_x = data.test_x[test_idx]
         explainers, kwargs = token_explainers(cfg, list(protocol.features.explainers), encoder,
@@ -137,15 +141,8 @@ def run(cfg: DictConfig, bench: Workbench) -> StudyResult:
         train_idx = class_subset(data.train_y, protocol.examples.train_per_class, seed)
         test_idx = class_subset(data.test_y, protocol.examples.test_per_class, seed)
         explainers = build_example_explainers(cfg, list(protocol.examples.explainers), model, trained.checkpoints)
-        frame, seconds = consistency_examples(
-            explainers, data.train_x[train_idx], data.train_y[train_idx], data.test_x[test_idx], data.test_y[test_idx],
-            list(protocol.examples.percents))
-        frame = identify(cfg, data, frame)
-        result.tables[EXAMPLES] = frame
-        result.figures[EXAMPLES] = plot_similarity_rates(
-            frame, f"{TITLE.get(data.name, data.name)}: consistency of example importance by topic (seed {seed})")
-        result.summary["examples_seconds"] = time.perf_counter() - start
-        result.summary["example_explainer_seconds"] = seconds
+        example_check(cfg, trained, explainers, train_idx, test_idx, result, start,
+                      f"{dataset_label(data.name)}: consistency of example importance by topic (seed {seed})")
     return result
 
 
@@ -154,7 +151,7 @@ def _highlights(results: Path, scale: str) -> list[Path]:
     written: list[Path] = []
     for path in sorted(results.glob(f"*/{scale}/{HIGHLIGHT}_runs.csv")):
         frame = pd.read_csv(path)
-        name = TITLE.get(str(frame["dataset"].iloc[0]), str(frame["dataset"].iloc[0]))
+        name = dataset_label(str(frame["dataset"].iloc[0]))
         written += save_figure(plot_highlight(frame, f"{name}: label-free token importance (seed "
                                                      f"{int(frame['seed'].min())})"), path.parent / HIGHLIGHT)
     return written
