@@ -7,6 +7,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from experiments.runner import run
+from labelfree.runtime import use_huge_page_allocations
+
+use_huge_page_allocations()  # before any torch work: read once per process (labelfree/runtime.py)
 
 
 @hydra.main(config_path="configs", config_name="run", version_base="1.3")

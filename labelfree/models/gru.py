@@ -213,16 +213,57 @@ class TextGRUAutoEncoder(PretextModel):
         return self.decoder(self.encoder(ids), GRUDecoder.shifted(ids))
 
     def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
-        """Mean token negative log-likelihood per text ``[n]`` over its non-padding tokens (module docstring)."""
+        """Mean token negative log-likelihood per text ``[n]`` over its non-padding tokens (module docstring).
+
+        ``perturb=False`` is one dense, shape-static computation (it runs under ``torch.func.vmap`` for per-example
+        gradients). ``perturb=True`` (training) computes the same per-text values but only where they count: the
+        teacher-forced texts in one parallel pass and the others step by step, and the 10,000-way output layer only
+        at non-padding targets (``_forced_nll``, ``_free_running_nll``), which is most of the training time.
+        """
         z = self.encoder(x)
-        forced = None
-        if perturb and self.teacher_forcing < 1.0:
-            forced = torch.rand(len(x), device=x.device) < self.teacher_forcing
-        if forced is None or bool(forced.all()):
-            logits = self.decoder(z, GRUDecoder.shifted(x))
-        else:
-            logits = self.decoder.mixed(z, x, forced)
-        nll = F.cross_entropy(logits.reshape(-1, self.vocab_size), x.reshape(-1), ignore_index=PAD_ID,
-                              reduction="none").reshape(x.shape)  # [n, T]
         counts = (x != PAD_ID).sum(dim=1).clamp_min(1)
-        return nll.sum(dim=1) / counts
+        if not perturb:
+            logits = self.decoder(z, GRUDecoder.shifted(x))
+            nll = F.cross_entropy(logits.reshape(-1, self.vocab_size), x.reshape(-1), ignore_index=PAD_ID,
+                                  reduction="none").reshape(x.shape)  # [n, T]
+            return nll.sum(dim=1) / counts
+        forced = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        if self.teacher_forcing < 1.0:
+            forced = torch.rand(len(x), device=x.device) < self.teacher_forcing
+        total = z.new_zeros(len(x))
+        if bool(forced.any()):
+            total = total.index_put((forced,), self._forced_nll(z[forced], x[forced]))
+        if not bool(forced.all()):
+            free = ~forced
+            total = total.index_put((free,), self._free_running_nll(z[free], x[free]))
+        return total / counts
+
+    def _forced_nll(self, z: Tensor, x: Tensor) -> Tensor:
+        """Summed token NLL per text ``[m]`` under teacher forcing; output layer at non-padding targets only."""
+        hidden = self.decoder.gru(self.decoder.embedding(GRUDecoder.shifted(x)), h0=z)  # [m, T, H]
+        valid = x != PAD_ID
+        nll = F.cross_entropy(self.decoder.output(hidden[valid]), x[valid], reduction="none")
+        return hidden.new_zeros(x.shape).index_put((valid,), nll).sum(dim=1)
+
+    def _free_running_nll(self, z: Tensor, x: Tensor) -> Tensor:
+        """Summed token NLL per text ``[m]`` when every text reads its own greedy prediction of the previous step
+        (as :meth:`GRUDecoder.mixed` with ``forced`` all False). Texts are run longest first so that the texts
+        still decoding at step t are a prefix of the batch; a text stops after its last non-padding target (later
+        steps would only feed ignored targets)."""
+        valid = x != PAD_ID
+        steps_needed = torch.where(valid.any(dim=1), valid.shape[1] - valid.flip(1).int().argmax(dim=1), 0)
+        order = torch.argsort(steps_needed, descending=True, stable=True)
+        h, targets, needed = z[order], x[order], steps_needed[order].tolist()
+        previous = torch.full_like(targets[:, 0], BOS_ID)
+        decoder, summed = self.decoder, z.new_zeros(len(x))
+        for step in range(targets.shape[1]):
+            active = sum(1 for n in needed if n > step)  # needed is sorted descending
+            if active == 0:
+                break
+            h, previous = h[:active], previous[:active]
+            h = decoder.gru.cell(F.linear(decoder.embedding(previous), decoder.gru.weight_ih, decoder.gru.bias_ih), h)
+            logits = decoder.output(h)
+            nll = F.cross_entropy(logits, targets[:active, step], ignore_index=PAD_ID, reduction="none")
+            summed = summed + F.pad(nll, (0, len(x) - active))
+            previous = logits.detach().argmax(dim=-1)
+        return summed.new_zeros(len(x)).index_put((order,), summed)

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from torch.nn import functional as F
 from captum.attr import IntegratedGradients
 
 from labelfree.attribution.examples import Objective
@@ -176,6 +177,32 @@ def test_teacher_forcing_during_training():
     torch.testing.assert_close(model.pretext_loss(ids, perturb=True), first)  # seeded
     with pytest.raises(ValueError, match="teacher_forcing must be a probability"):
         TextGRUAutoEncoder(40, teacher_forcing=1.5)
+
+
+def test_training_loss_computes_the_mixture_only_where_it_counts():
+    """perturb=True skips padding targets and decodes forced and free texts apart: same values and gradients
+    as the dense step-by-step mixture over every position (GRUDecoder.mixed), a padding token mid-text included."""
+    torch.manual_seed(0)
+    model = TextGRUAutoEncoder(40, 6, 8, teacher_forcing=0.5)
+    ids = _ids(7, 10)
+    ids[2, 3] = PAD_ID
+
+    def dense(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        forced = torch.rand(len(ids)) < model.teacher_forcing
+        logits = model.decoder.mixed(model.encoder(ids), ids, forced)
+        nll = F.cross_entropy(logits.reshape(-1, 40), ids.reshape(-1), ignore_index=PAD_ID, reduction="none")
+        return nll.reshape(ids.shape).sum(dim=1) / (ids != PAD_ID).sum(dim=1)
+
+    params = list(model.parameters())
+    for seed in range(4):
+        expected = dense(seed)
+        torch.manual_seed(seed)
+        loss = model.pretext_loss(ids, perturb=True)
+        torch.testing.assert_close(loss, expected)
+        for got, want in zip(torch.autograd.grad(loss.sum(), params, allow_unused=True),
+                             torch.autograd.grad(expected.sum(), params, allow_unused=True)):
+            torch.testing.assert_close(got, want)
 
 
 def test_per_example_gradients_equal_a_loop():
