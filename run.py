@@ -2,14 +2,15 @@
 
 from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from experiments.runner import run
 from labelfree.runtime import use_huge_page_allocations
 
-use_huge_page_allocations()  # before any torch work: read once per process (labelfree/runtime.py)
+use_huge_page_allocations()  # before anything imports torch: read once per process (labelfree/runtime.py)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from experiments.runner import run  # noqa: E402
 
 
 @hydra.main(config_path="configs", config_name="run", version_base="1.3")

@@ -8,8 +8,10 @@ huge pages that cost falls 512-fold. Measured on the 2-core CPU of this project 
 ``[3200, 10000]`` log-softmax in 0.10 s without and 0.05 s with it, and an AG News GRU training step (10,000-way
 output at every token) 1.05 s without and 0.79 s with it.
 
-torch reads the variable once, at the process's first allocation of 2 MiB or more, so entry points call this
-before any torch work; a value already in the environment is respected (``THP_MEM_ALLOC_ENABLE=0`` turns it off).
+torch reads the variable once, at the process's first allocation of 2 MiB or more, and importing the studies
+makes such allocations, so entry points (``run.py``, ``scripts/bench_explainers.py``) call this before anything
+imports torch (this module does not); a value already in the environment is respected
+(``THP_MEM_ALLOC_ENABLE=0`` turns it off).
 """
 
 from __future__ import annotations

@@ -20,17 +20,18 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the studies (experiments/) are not installed: they import from the root
+
+from labelfree.runtime import use_huge_page_allocations  # noqa: E402
+
+use_huge_page_allocations()  # before anything imports torch, for every tool timed alike (labelfree/runtime.py)
+
+import torch  # noqa: E402
 
 from experiments.benchmark import Workload, assemble, write_workload  # noqa: E402
 from experiments.benchmark_paper import write_paper_scale  # noqa: E402
 from experiments.benchmark_peers import PeerWorkload, write_peers  # noqa: E402
-from labelfree.runtime import use_huge_page_allocations  # noqa: E402
-
-use_huge_page_allocations()  # before any torch work, for every tool timed alike (labelfree/runtime.py)
 
 
 def main() -> None:
