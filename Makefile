@@ -149,7 +149,7 @@ gpu-check:  ## on a CUDA machine: every experiment at smoke scale on the GPU and
 
 # Consistency of token and example importance on AG News (issue 20, docs/agnews.md): a GRU autoencoder of WordPiece
 # token ids, tokens explained through its embeddings, examples scored by topic; tables and figures under
-# $(RESULTS)/agnews_consistency/$(SCALE). Paper scale: about 30 minutes per seed on a 2-core CPU.
+# $(RESULTS)/agnews_consistency/$(SCALE). Paper scale: 24-28 minutes per seed on a 2-core CPU (measured).
 AGNEWS_SEEDS_paper ?= 1,2,3
 AGNEWS_SEEDS_quick ?= 1
 AGNEWS_SEEDS_smoke ?= 1
