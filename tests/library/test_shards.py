@@ -32,6 +32,8 @@ EXPLAINERS = {
     "tracin": lambda m: TracIn(Objective(m), [m.state_dict(), (m.state_dict(), 0.5)], chunk_size=3),
     "influence_lissa": lambda m: InfluenceFunctions(Objective(m), LiSSA(depth=3, batch_size=4, scale=10.0), seed=3),
     "influence_arnoldi": lambda m: InfluenceFunctions(Objective(m), Arnoldi(iterations=8, rank=4, scale=10.0), seed=3),
+    "influence_streamed": lambda m: InfluenceFunctions(Objective(m), Arnoldi(iterations=8, rank=4, scale=10.0), seed=3,
+                                                       train_chunk_size=2, test_chunk_size=3),
     "dknn": lambda m: DKNN(m.encoder),
     "random": lambda m: RandomExampleImportance(seed=2),
 }
@@ -76,3 +78,15 @@ def test_shard_bounds_are_checked(index: int, count: int) -> None:
 def test_shard_bounds_cover_every_column_once() -> None:
     bounds = [shard_bounds(10, i, 3) for i in range(3)]
     assert bounds == [(0, 3), (3, 6), (6, 10)]
+
+
+@pytest.mark.parametrize("solver", [LiSSA(depth=3, batch_size=4, scale=10.0), Arnoldi(iterations=8, rank=4, scale=10.0)])
+def test_streamed_training_gradients_give_the_kept_scores(solver) -> None:
+    """train_chunk_size: training gradients computed block by block at attribute time, never kept; same scores."""
+    model, train, test = tiny()
+    kept = InfluenceFunctions(Objective(model), solver, seed=3, test_chunk_size=3).fit(train)
+    streamed = InfluenceFunctions(Objective(model), solver, seed=3, test_chunk_size=3, train_chunk_size=4).fit(train)
+    assert streamed._train_grads is None
+    torch.testing.assert_close(streamed.attribute(test), kept.attribute(test), rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="train_chunk_size"):
+        InfluenceFunctions(Objective(model), solver, train_chunk_size=0)
