@@ -143,13 +143,15 @@ def feature_consistency(frame: pd.DataFrame | None, dataset: str, rules: Mapping
     return claim_from(name, paper, "; ".join(parts), inequalities, rules, missing)
 
 
-def example_consistency(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any]) -> Claim:
+def example_consistency(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any],
+                        candidates: str = "") -> Claim:
     """The M most important examples share the test label more often than the M least important, for every
-    named explainer and every M of ``rules.levels``; the base rate at M = 100 % beside it."""
+    named explainer and every M of ``rules.levels``; the base rate at M = 100 % beside it. ``candidates`` names
+    the training examples ranked when they are not the paper's subset (e.g. "every training image")."""
     node = rules["examples"]
     levels = [float(m) for m in node["levels"]]
     methods = resolve_methods(frame, node["methods"][dataset])
-    name = f"Example consistency, {rules['datasets'][dataset]}"
+    name = f"Example consistency, {rules['datasets'][dataset]}" + (f", {candidates}" if candidates else "")
     paper = (f"the M most important training examples ({', '.join(methods)}) share the test example's label more "
              f"often than the M least important, M = {', '.join(f'{m:g}' for m in levels)} %")
     if frame is None or frame.empty:
@@ -172,7 +174,8 @@ def example_consistency(frame: pd.DataFrame | None, dataset: str, rules: Mapping
 
 
 def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
-    """Feature and example consistency on every dataset of ``rules.datasets``."""
+    """Feature and example consistency on every dataset of ``rules.datasets``, then example consistency with the
+    whole training split as candidates where ``rules.whole_training_split`` names an experiment for it."""
     out = []
     for dataset in rules["datasets"]:
         folder = results / f"{dataset}_consistency" / scale
@@ -180,6 +183,11 @@ def claims(results: Path, scale: str, rules: Mapping[str, Any]) -> list[Claim]:
             claim = check(read_table(folder / f"{table}_runs.csv"), dataset, rules)
             claim.figure = figure_link(folder / f"{table}.png", results)
             out.append(claim)
+    for dataset, node in rules.get("whole_training_split", {}).items():  # issue 18: every training example competes
+        folder = results / str(node["experiment"]) / scale
+        claim = example_consistency(read_table(folder / f"{EXAMPLES}_runs.csv"), dataset, rules, str(node["candidates"]))
+        claim.figure = figure_link(folder / f"{EXAMPLES}.png", results)
+        out.append(claim)
     return out
 
 
