@@ -131,6 +131,20 @@ def test_example_consistency_accepts_the_arnoldi_variant_of_influence_functions(
     assert consistency.example_consistency(frame, "ecg5000", RULES["consistency"]).verdict == HOLDS
 
 
+def test_example_consistency_over_the_whole_training_split_is_its_own_row(tmp_path):
+    """claims.yaml consistency.whole_training_split: mnist_examples_full's table gives a row of its own, beside
+    the subset's, under the same rule."""
+    rules = RULES["consistency"]
+    node = rules["whole_training_split"]["mnist"]
+    folder = tmp_path / node["experiment"] / "quick"
+    folder.mkdir(parents=True)
+    frame = _examples(0.6, 0.1, methods=("influence_functions_arnoldi", "tracin", "simplex", "dknn"))
+    frame.assign(experiment=node["experiment"]).to_csv(folder / "consistency_examples_runs.csv", index=False)
+    verdicts = {c.claim: c.verdict for c in consistency.claims(tmp_path, "quick", rules)}
+    assert verdicts[f"Example consistency, MNIST, {node['candidates']}"] == HOLDS
+    assert verdicts["Example consistency, MNIST"] == NOT_RUN  # the subset's row reads its own experiment
+
+
 def _roar(method: float, random: float, noise: float = 0.0, levels=(10, 20, 50, 70, 100)) -> pd.DataFrame:
     return _level_rows({"gradient_shap": method, "integrated_gradients": method, "random_features": random},
                        levels, "test_loss", noise=noise)
