@@ -253,11 +253,12 @@ class TextGRUAutoEncoder(PretextModel):
         valid = x != PAD_ID
         steps_needed = torch.where(valid.any(dim=1), valid.shape[1] - valid.flip(1).int().argmax(dim=1), 0)
         order = torch.argsort(steps_needed, descending=True, stable=True)
-        h, targets, needed = z[order], x[order], steps_needed[order].tolist()
+        h, targets = z[order], x[order]
+        # texts still decoding at each step (a prefix of the sorted batch): [T]
+        active_at = (steps_needed[order][None, :] > torch.arange(x.shape[1], device=x.device)[:, None]).sum(dim=1)
         previous = torch.full_like(targets[:, 0], BOS_ID)
         decoder, summed = self.decoder, z.new_zeros(len(x))
-        for step in range(targets.shape[1]):
-            active = sum(1 for n in needed if n > step)  # needed is sorted descending
+        for step, active in enumerate(active_at.tolist()):
             if active == 0:
                 break
             h, previous = h[:active], previous[:active]
