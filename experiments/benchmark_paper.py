@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing as mp
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -38,14 +37,11 @@ from experiments.benchmark import (
 )
 from labelfree.attribution.examples import build_example_explainer
 from labelfree.io import save_text
+from labelfree.runtime import peak_rss_gib
 from labelfree.models.registry import MODEL_BUILDERS
 
 log = logging.getLogger("bench")
 
-
-def _peak_rss_gib() -> float:
-    """Peak resident memory of this process so far (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _build(model_key: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
@@ -68,7 +64,7 @@ def _paper_worker(job: dict[str, Any], queue: Any) -> None:
     generator = torch.Generator().manual_seed(seed)
     train_x = torch.rand(job["n_train"], *shape, generator=generator)
     test_x = torch.rand(job["n_test"], *shape, generator=generator)
-    before = _peak_rss_gib()
+    before = peak_rss_gib()
     with tempfile.TemporaryDirectory() as tmp:
         name = job["explainer"]
         options = {**explainer_settings(name), **job.get("options", {})}
@@ -79,7 +75,7 @@ def _paper_worker(job: dict[str, Any], queue: Any) -> None:
         start = time.perf_counter()
         scores = explainer.fit(train_x).attribute(test_x)
         seconds = time.perf_counter() - start
-    queue.put({"seconds": seconds, "peak_rss_gib": _peak_rss_gib(), "rss_before_gib": before,
+    queue.put({"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "rss_before_gib": before,
                "scores": scores.numpy() if job.get("return_scores") else None})  # numpy: pickled by value
 
 

@@ -66,7 +66,6 @@ import dataclasses
 import importlib.metadata
 import logging
 import multiprocessing as mp
-import resource
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,6 +94,7 @@ from experiments.benchmark import (
 )
 from labelfree.attribution.examples import Arnoldi, Exact, InfluenceFunctions, Objective, TracIn
 from labelfree.io import save_text
+from labelfree.runtime import peak_rss_gib
 from labelfree.training import Checkpoint
 
 log = logging.getLogger("bench")
@@ -437,10 +437,6 @@ def _remove_checkpoints(setup: Setup) -> None:
         setup.checkpoints[0].path.parent.rmdir()
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def run_piece(job: dict[str, Any]) -> dict[str, Any]:
     """One (piece, package): its median time and scores (and, in a fresh process, its peak RSS)."""
     from experiments.benchmark import median_time
@@ -454,7 +450,7 @@ def run_piece(job: dict[str, Any]) -> dict[str, Any]:
         seconds, scores = median_time(fn, w.repeats, w.fast_repeats)
     finally:
         _remove_checkpoints(setup)
-    return {"seconds": seconds, "scores": scores.detach().double().numpy(), "peak_rss_gib": _peak_rss_gib()}
+    return {"seconds": seconds, "scores": scores.detach().double().numpy(), "peak_rss_gib": peak_rss_gib()}
 
 
 def _worker(job: dict[str, Any], queue: Any) -> None:

@@ -31,6 +31,7 @@ from experiments.workbench import Workbench
 from labelfree.guards import check_finite
 from labelfree.io import save_csv, save_json, save_text
 from labelfree.plots import save_figure
+from labelfree.runtime import peak_rss_gib
 from labelfree.training import resolve_device
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def _run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         # wall_seconds then leaves out the epochs trained before the interruption
         summary["training_resumed"] = any(t.get("resumed_from_epoch", 0) > 0 for t in summary["training"].values())
         summary["wall_seconds"] = time.perf_counter() - start
+        summary["peak_rss_gib"] = peak_rss_gib()
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         save_json(summary, run_dir / "summary.json")
         tracker.log_summary(summary)

@@ -17,8 +17,10 @@ imports torch (this module does not); a value already in the environment is resp
 from __future__ import annotations
 
 import os
+import resource
+import sys
 
-__all__ = ["HUGE_PAGES_VARIABLE", "use_huge_page_allocations"]
+__all__ = ["HUGE_PAGES_VARIABLE", "peak_rss_gib", "use_huge_page_allocations"]
 
 #: torch's switch for transparent huge pages in its CPU allocator (c10/core/alloc_cpu.cpp).
 HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
@@ -28,3 +30,9 @@ def use_huge_page_allocations() -> bool:
     """Enable huge-page-backed CPU tensors for this process unless the environment decides; return whether on."""
     os.environ.setdefault(HUGE_PAGES_VARIABLE, "1")
     return os.environ[HUGE_PAGES_VARIABLE] == "1"
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far, in GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20

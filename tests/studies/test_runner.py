@@ -89,6 +89,7 @@ def test_finished_run_is_skipped_only_when_asked_and_config_matches(compose_conf
     stamp = (run_dir / "summary.json").stat().st_mtime_ns
     again = run(compose_config("experiment=mnist_consistency", "scale=smoke", "skip_finished=true"), run_dir)
     assert again == first and (run_dir / "summary.json").stat().st_mtime_ns == stamp
+    assert 0.05 < first["peak_rss_gib"] < 64, "the summary records the run's peak resident memory in GiB"
     changed = run(compose_config("experiment=mnist_consistency", "scale=smoke", "skip_finished=true",
                                  "protocol.features.percents=[5,100]"), run_dir)
     assert changed["wall_seconds"] != first["wall_seconds"]
