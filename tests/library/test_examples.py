@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from pathlib import Path
 
@@ -339,6 +340,41 @@ def test_arnoldi_applies_the_lissa_polynomial_of_the_full_hessian() -> None:
     low = InfluenceFunctions(Objective(model), low_rank).fit(train_x)
     assert low.ritz_values.shape == (2,)
     assert torch.isclose(low.ritz_values.abs().max(), torch.linalg.eigvalsh(hessian).abs().max(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1.0, 1e-4])
+def test_arnoldi_truncated_inverse_is_the_damped_inverse_on_the_ritz_space(magnitude: float) -> None:
+    """Schioppa et al.'s estimate (Captum's and dattri's): (H + lambda I)^-1 on the top-r eigenvectors, 0 elsewhere.
+    Inputs of magnitude 1e-4 make every eigenvalue of H about 1e-8: Arnoldi must still take every step (a stopping
+    rule on the absolute residual would end it after one)."""
+    torch.manual_seed(0)
+    model = LinearAutoEncoder().double()
+    train_x, test_x = torch.randn(20, 5, dtype=torch.double), torch.randn(3, 5, dtype=torch.double)
+    train_x, test_x = magnitude * train_x, magnitude * test_x
+    hessian = encoder_hessian(model, train_x)
+    values, vectors = torch.linalg.eigh(hessian)
+    damping, scale = 0.1, 2.0 * values.abs().max().item()  # lambda = damping * scale exceeds every |eigenvalue|
+    grads_train, grads_test = loop_grads(model, train_x), loop_grads(model, test_x)
+    n_params = len(hessian)
+    for rank in (n_params, 3):
+        solver = Arnoldi(damping=damping, scale=scale, iterations=n_params, rank=rank, batch_size=7,
+                         estimand="truncated_inverse")
+        scores = InfluenceFunctions(Objective(model), solver).fit(train_x).attribute(test_x)
+        top = values.abs().argsort(descending=True)[:rank]
+        u = vectors[:, top]
+        inverse = u @ torch.diag(1.0 / (values[top] + damping * scale)) @ u.T
+        torch.testing.assert_close(scores, grads_test @ inverse @ grads_train.T, rtol=1e-7, atol=1e-12)
+    # with every eigenpair it is Koh & Liang's damped inverse
+    full = torch.linalg.inv(hessian + damping * scale * torch.eye(n_params, dtype=hessian.dtype))
+    every = InfluenceFunctions(Objective(model), dataclasses.replace(solver, rank=n_params)).fit(train_x)
+    torch.testing.assert_close(every.attribute(test_x), grads_test @ full @ grads_train.T, rtol=1e-7, atol=1e-12)
+    with pytest.raises(ValueError, match="estimand"):
+        Arnoldi(estimand="inverse")
+    # negative curvature beyond the damping is refused, not inverted into a negative weight
+    from labelfree.attribution.examples.solvers import _TruncatedInverse
+
+    with pytest.raises(ValueError, match="not positive"):
+        _TruncatedInverse(solver, torch.tensor([1.0, -2.0 * damping * scale]), torch.eye(2))
 
 
 def test_influence_functions_do_not_depend_on_test_chunking() -> None:

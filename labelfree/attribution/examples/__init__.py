@@ -5,7 +5,7 @@ Every explainer follows one contract (:class:`ExampleImportance`, :mod:`.base`):
 example ``i`` for test example ``t`` (rows = test examples, higher = more important). Scores are
 always returned on the CPU; inputs may live on the CPU while the model lives on another device.
 
-* Loss-based methods (:class:`InfluenceFunctions` in :mod:`.influence` with its solvers :class:`LiSSA`,
+* Loss-based methods (:class:`InfluenceFunctions` in :mod:`.influence` with its solvers (:mod:`.solvers`) :class:`LiSSA`,
   :class:`Arnoldi` and :class:`Exact`; :class:`TracIn` in :mod:`.tracin`) differentiate an explicit :class:`Objective`
   (:mod:`.objective`): a per-example loss (the model's pretext loss, or any ``loss(model, x, y) -> Tensor[n]``
   for any ``nn.Module``) restricted to some parameters (the encoder's by default; a submodule, or
