@@ -130,8 +130,9 @@ bench:  ## explainers and metrics against lfxai, the paper-scale timings, then C
 	$(PYTHON) scripts/bench_explainers.py --out $(BENCH_DIR)/workload.md
 	$(PYTHON) scripts/bench_explainers.py --paper-scale --out $(BENCH_DIR)/paper_scale.md
 	$(PYTHON) scripts/bench_explainers.py --peers --out $(BENCH_DIR)/peers.md
+	$(PYTHON) scripts/bench_explainers.py --recurrent --out $(BENCH_DIR)/recurrent.md
 	$(PYTHON) scripts/bench_explainers.py --assemble $(BENCH_DIR)/workload.md $(BENCH_DIR)/paper_scale.md \
-		$(BENCH_DIR)/peers.md --out $(RESULTS)/BENCHMARKS.md
+		$(BENCH_DIR)/peers.md $(BENCH_DIR)/recurrent.md --out $(RESULTS)/BENCHMARKS.md
 
 # VAEs trained with a penalty on their label-free attributions (issue 21, docs/disvae_prior.md): beta-VAE and
 # beta-TCVAE x beta x lambda x seeds on MNIST 32x32, then the table, figure and claim rows under

@@ -578,10 +578,23 @@ of a fresh process running one piece (about 0.6 GiB of it is Python and torch).
 """
 
 
-def assemble(workload: Path, paper: Path, out: Path, peers: Path | None = None) -> None:
-    """``results/BENCHMARKS.md`` from the tables written by the workload, paper-scale and (optional) peer runs."""
+RECURRENT_SECTION = """
+## Recurrent models: per-example gradients of the ECG5000 LSTM autoencoder
+
+{recurrent}
+How the paths work and what was tried: `experiments/benchmark_recurrent.py` and `docs/NOTEBOOK.md` ("Per-example
+gradients of the LSTM autoencoder by probes").
+"""
+
+
+def assemble(workload: Path, paper: Path, out: Path, peers: Path | None = None,
+             recurrent: Path | None = None) -> None:
+    """``results/BENCHMARKS.md`` from the tables written by the workload, paper-scale and (optional) peer and
+    recurrent runs."""
     text = BENCHMARKS_INTRO.format(workload=workload.read_text(), paper=paper.read_text())
     if peers is not None:
         text += PEERS_SECTION.format(peers=peers.read_text())
+    if recurrent is not None:
+        text += RECURRENT_SECTION.format(recurrent=recurrent.read_text())
     save_text(text, out)
     log.info("wrote %s", out)

@@ -5,9 +5,10 @@
     python scripts/bench_explainers.py --tiny --out /tmp/b.md   # seconds; what the test runs
     python scripts/bench_explainers.py --peers              # against Captum and dattri (experiments.benchmark_peers)
     python scripts/bench_explainers.py --peers --tiny --no-isolate --out /tmp/p.md   # seconds; what the test runs
-    python scripts/bench_explainers.py --assemble WORKLOAD_MD PAPER_MD [PEERS_MD] --out results/BENCHMARKS.md
+    python scripts/bench_explainers.py --recurrent          # LSTM per-example gradients (experiments.benchmark_recurrent)
+    python scripts/bench_explainers.py --assemble WORKLOAD_MD PAPER_MD [PEERS_MD [RECURRENT_MD]] --out results/BENCHMARKS.md
 
-``make bench`` runs all four. The benchmark itself (workload, agreement checks, why they are what they are)
+``make bench`` runs all five. The benchmark itself (workload, agreement checks, why they are what they are)
 is :mod:`experiments.benchmark`; the paper-scale timings are :mod:`experiments.benchmark_paper`. The agreement
 checks must pass, or the command exits with status 1. ``lfxai`` comes from the optional ``bench`` extra
 (``pip install -e ".[bench]"``); without it only labelfree's times are reported.
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 from experiments.benchmark import Workload, assemble, write_workload  # noqa: E402
 from experiments.benchmark_paper import write_paper_scale  # noqa: E402
 from experiments.benchmark_peers import PeerWorkload, write_peers  # noqa: E402
+from experiments.benchmark_recurrent import RecurrentWorkload, write_recurrent  # noqa: E402
 
 
 def main() -> None:
@@ -50,17 +52,23 @@ def main() -> None:
                         help="labelfree against Captum and dattri on the same label-free task (the bench extra)")
     parser.add_argument("--no-isolate", action="store_true",
                         help="peers: run every piece in this process (no per-piece peak memory; for the test)")
+    parser.add_argument("--recurrent", action="store_true",
+                        help="per-example gradients of the ECG5000 LSTM autoencoder: probes against vmap")
     parser.add_argument("--assemble", nargs="+", type=Path, metavar="MD",
                         help="write --out (results/BENCHMARKS.md) from the tables of earlier runs: WORKLOAD_MD "
-                             "PAPER_MD [PEERS_MD]")
+                             "PAPER_MD [PEERS_MD [RECURRENT_MD]]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     if args.assemble:
-        if len(args.assemble) not in (2, 3):
-            parser.error("--assemble takes WORKLOAD_MD PAPER_MD [PEERS_MD]")
-        assemble(*args.assemble[:2], args.out or ROOT / "results" / "BENCHMARKS.md",
-                 peers=args.assemble[2] if len(args.assemble) == 3 else None)
+        if len(args.assemble) not in (2, 3, 4):
+            parser.error("--assemble takes WORKLOAD_MD PAPER_MD [PEERS_MD [RECURRENT_MD]]")
+        extra = dict(zip(("peers", "recurrent"), args.assemble[2:]))
+        assemble(*args.assemble[:2], args.out or ROOT / "results" / "BENCHMARKS.md", **extra)
+    elif args.recurrent:
+        if not write_recurrent(RecurrentWorkload.from_config(tiny=args.tiny, repeats=args.repeats), args.threads,
+                               out=args.out):
+            sys.exit(1)
     elif args.peers:
         if write_peers(PeerWorkload.from_config(tiny=args.tiny, repeats=args.repeats), args.threads,
                        isolate=not args.no_isolate, out=args.out):

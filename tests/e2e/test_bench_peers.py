@@ -26,7 +26,7 @@ def _run(piece: str, package: str, workload: benchmark_peers.PeerWorkload) -> to
 
 
 @pytest.mark.slow  # about 40 s on one idle core (dattri's and Captum's per-example paths); 265 s at load 9
-def test_tracin_and_exact_influence_agree_with_the_peers(one_thread) -> None:  # noqa: ANN001
+def test_tracin_exact_and_arnoldi_influence_agree_with_the_peers(one_thread) -> None:  # noqa: ANN001
     workload = benchmark_peers.PeerWorkload.from_config(tiny=True, n_train=8, n_test=4)
     # TracIn: the same sum over checkpoints (learning rates 1 and 1/2) of gradient dot products
     ours = _run("tracin", "labelfree", workload)
@@ -40,6 +40,14 @@ def test_tracin_and_exact_influence_agree_with_the_peers(one_thread) -> None:  #
     for peer in ("captum", "dattri"):
         passed, text = benchmark_peers.close_scores(benchmark_peers.EXACT_RTOL)(exact, _run("exact", peer, workload))
         assert passed, f"exact {peer}: {text}"
+    # Arnoldi's truncated inverse on the same small model, Krylov space of every dimension: the same estimand
+    arnoldi = _run("arnoldi_exact", "labelfree", workload)
+    for peer in ("captum", "dattri"):
+        passed, text = benchmark_peers.close_scores(benchmark_peers.EXACT_RTOL)(arnoldi,
+                                                                               _run("arnoldi_exact", peer, workload))
+        assert passed, f"Arnoldi {peer}: {text}"
+    # and the truncation matters: the top-k inverse is not the full one
+    assert not benchmark_peers.close_scores(benchmark_peers.EXACT_RTOL)(exact, arnoldi)[0]
     # the check can fail: ignoring the Hessian (scores g_t . g_i / lambda) is far outside its tolerance
     setup = benchmark_peers.make_setup(workload, "exact")
     objective = Objective(setup.model, wrt=setup.wrt)

@@ -52,3 +52,32 @@ def test_the_tiny_workload_times_every_piece_without_lfxai(tmp_path) -> None:  #
     benchmark.assemble(tmp_path / "workload.md", tmp_path / "paper.md", tmp_path / "BENCHMARKS.md")
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert text.startswith("# Benchmarks") and table in text and "| paper table |" in text
+
+
+def test_the_tiny_recurrent_benchmark_checks_both_paths_against_a_loop(tmp_path) -> None:  # noqa: ANN001
+    from experiments import benchmark_recurrent as recurrent
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        workload = recurrent.RecurrentWorkload.from_config(tiny=True)
+        assert recurrent.write_recurrent(workload, 1, out=tmp_path / "recurrent.md")
+    finally:
+        torch.set_num_threads(threads)
+    text = (tmp_path / "recurrent.md").read_text()
+    assert text.count(" - pass |") == 2 and "| TracIn, 1 checkpoint | probes (4) |" in text
+    assert "Target: probes >= 10x" in text and "| (all operators) |" in text
+    # the check can fail: a gradient of another model is far outside the tolerance
+    model = recurrent.LSTMAutoEncoder(sequence_length=workload.sequence_length).eval()
+    x = torch.randn(2, workload.sequence_length, 1)
+    other = recurrent.LSTMAutoEncoder(sequence_length=workload.sequence_length).eval()
+    error = recurrent._relative_error(recurrent.loop_grads(recurrent.Objective(other), x),
+                                      recurrent.loop_grads(recurrent.Objective(model), x))
+    assert error > recurrent.GRAD_RTOL
+    (tmp_path / "workload.md").write_text("| workload table |\n")
+    (tmp_path / "paper.md").write_text("| paper table |\n")
+    (tmp_path / "peers.md").write_text("| peers table |\n")
+    benchmark.assemble(tmp_path / "workload.md", tmp_path / "paper.md", tmp_path / "BENCHMARKS.md",
+                       peers=tmp_path / "peers.md", recurrent=tmp_path / "recurrent.md")
+    assembled = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Recurrent models" in assembled and "| peers table |" in assembled and text.strip() in assembled
