@@ -21,11 +21,11 @@ ARNOLDI='protocol.examples.explainers=[influence_functions_arnoldi,tracin,simple
 # name | estimated minutes on 2 CPU cores | make arguments
 UNITS=(
   "mnist_consistency features seed 1|25|consistency-features CONSISTENCY=mnist_consistency:1"
-  "mnist_consistency examples seed 1|80|consistency-examples CONSISTENCY=mnist_consistency:1"
+  "mnist_consistency examples seed 1|90|consistency-examples CONSISTENCY=mnist_consistency:1"
   "mnist_consistency features seed 2|25|consistency-features CONSISTENCY=mnist_consistency:2"
-  "mnist_consistency examples seed 2|80|consistency-examples CONSISTENCY=mnist_consistency:2"
+  "mnist_consistency examples seed 2|90|consistency-examples CONSISTENCY=mnist_consistency:2"
   "mnist_consistency features seed 3|25|consistency-features CONSISTENCY=mnist_consistency:3"
-  "mnist_consistency examples seed 3|80|consistency-examples CONSISTENCY=mnist_consistency:3"
+  "mnist_consistency examples seed 3|90|consistency-examples CONSISTENCY=mnist_consistency:3"
   "ecg5000_consistency features seed 42|40|consistency-features CONSISTENCY=ecg5000_consistency:42"
   "ecg5000_consistency examples seed 42 (Arnoldi)|80|consistency-examples CONSISTENCY=ecg5000_consistency:42 OVERRIDES=$ARNOLDI"
 )
