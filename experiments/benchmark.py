@@ -95,6 +95,15 @@ def bench_config() -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(CONFIGS / "bench" / "default.yaml"))
 
 
+def bench_section(name: str, tiny: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Section ``name`` of ``configs/bench/default.yaml`` (``tiny``: with ``<name>_tiny``'s values), then the
+    overrides that are not ``None``."""
+    config = bench_config()
+    values = {**config[name], **(config[f"{name}_tiny"] if tiny else {})}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    return values
+
+
 def paper_lissa() -> LiSSA:
     """The paper's LiSSA (damping 1e-3, scale 1000, depth 100, batch 300): the influence-function config's solver."""
     return explainer_settings("influence_functions")["solver"]

@@ -86,7 +86,7 @@ from experiments.benchmark import (
     TRACIN_RTOL,
     Check,
     _quiet,
-    bench_config,
+    bench_section,
     close_scores,
     explainer_settings,
     machine,
@@ -145,10 +145,7 @@ class PeerWorkload:
 
     @classmethod
     def from_config(cls, tiny: bool = False, **overrides: Any) -> PeerWorkload:
-        config = bench_config()
-        values = {**config["peers"], **(config["peers_tiny"] if tiny else {})}
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
+        return cls(**bench_section("peers", tiny, **overrides))
 
 
 def peer_versions() -> dict[str, str | None]:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from experiments.benchmark import bench_config, machine
+from experiments.benchmark import bench_section, machine
 from labelfree.attribution.examples import Objective, TracIn
 from labelfree.io import save_text
 from labelfree.models.lstm import LSTMAutoEncoder
@@ -57,10 +57,7 @@ class RecurrentWorkload:
 
     @classmethod
     def from_config(cls, tiny: bool = False, **overrides: Any) -> RecurrentWorkload:
-        config = bench_config()
-        values = {**config["recurrent"], **(config["recurrent_tiny"] if tiny else {})}
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
+        return cls(**bench_section("recurrent", tiny, **overrides))
 
 
 def loop_grads(objective: Objective, x: Tensor) -> Tensor:
