@@ -194,17 +194,22 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def median_time(fn: Callable[[], Any], repeats: int, fast_repeats: int = 0) -> tuple[float, Any]:
+def median_time(fn: Callable[[], Any], repeats: int, fast_repeats: int = 0,
+                slow_piece_s: float | None = None) -> tuple[float, Any]:
     """Median wall time of ``repeats`` calls of ``fn`` and the last call's result.
 
     With ``fast_repeats`` > 0, a piece whose first call takes under :data:`FAST_PIECE_S` is timed like
     ``timeit``: that first call is a discarded warm-up (thread pool, allocator) and the median is over
     ``max(repeats, fast_repeats)`` more calls, since a few milliseconds of scheduler noise would otherwise
-    decide the ratio. Both packages' pieces go through the same rule.
+    decide the ratio. With ``slow_piece_s``, a piece whose first call takes at least that long is timed by that
+    call alone (minutes of a slow peer, where scheduler noise is negligible). Every package's pieces go through the
+    same rules.
     """
     start = time.perf_counter()
     result = fn()
     first = time.perf_counter() - start
+    if slow_piece_s is not None and first >= slow_piece_s:
+        return first, result
     if first >= FAST_PIECE_S or fast_repeats <= 0:
         times = [first]
     else:

@@ -55,3 +55,15 @@ def test_tracin_exact_and_arnoldi_influence_agree_with_the_peers(one_thread) -> 
     benchmark_peers._remove_checkpoints(setup)
     passed, text = benchmark_peers.close_scores(benchmark_peers.EXACT_RTOL)(exact, flat / workload.exact_lambda)
     assert not passed, f"the curvature does not change the scores on this workload ({text}): the check is vacuous"
+
+
+def test_targets_compare_with_the_fastest_peer_that_agreed() -> None:
+    label = benchmark_peers.PIECES["tracin"][1]
+    rows = [benchmark_peers.PeerRow(label, "labelfree", 2.0, 1.0),
+            benchmark_peers.PeerRow(label, "captum", 2.5, 0.9, passed=True),
+            benchmark_peers.PeerRow(label, "dattri", 1.0, 2.0, passed=False)]  # faster, but disagreed: not a peer
+    (line,) = [line for line in benchmark_peers.render_targets(rows) if line.startswith(f"- {label}:")]
+    assert "fastest peer captum, 1.25x" in line and "speed NOT met" in line and "0.90 GiB: NOT met" in line
+    rows[1] = benchmark_peers.PeerRow(label, "captum", 4.0, 1.5, passed=True)
+    (line,) = [line for line in benchmark_peers.render_targets(rows) if line.startswith(f"- {label}:")]
+    assert "2.00x slower than labelfree: speed met" in line and "1.50 GiB: met" in line

@@ -81,3 +81,17 @@ def test_the_tiny_recurrent_benchmark_checks_both_paths_against_a_loop(tmp_path)
                        peers=tmp_path / "peers.md", recurrent=tmp_path / "recurrent.md")
     assembled = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Recurrent models" in assembled and "| peers table |" in assembled and text.strip() in assembled
+
+
+def test_median_time_takes_one_run_of_a_slow_piece_and_the_median_otherwise() -> None:
+    calls: list[int] = []
+
+    def piece() -> int:
+        calls.append(1)
+        return len(calls)
+
+    seconds, result = benchmark.median_time(piece, repeats=3, slow_piece_s=0.0)  # every piece counts as slow
+    assert result == 1 and len(calls) == 1 and seconds >= 0.0
+    calls.clear()
+    _, result = benchmark.median_time(piece, repeats=3, slow_piece_s=60.0)
+    assert result == 3 and len(calls) == 3
