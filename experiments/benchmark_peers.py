@@ -19,7 +19,8 @@ Pieces and agreement checks (each check must pass, or the command exits with sta
   projects gradients to 512 random dimensions by default, with no argument to turn it off: its
   ``projector_kwargs`` attribute is set to ``None`` after construction (its ``attribute`` tests for that), so that
   it computes exact dot products. Captum's ``sample_wise_grads_per_batch`` trick handles only Linear and Conv2d
-  layers and the encoder has a BatchNorm2d, so Captum runs its per-example path (one backward per example).
+  layers and the encoder has a BatchNorm2d, so Captum runs its per-example path (one backward per example through
+  its batch's graph), in batches of ``captum_batch_size`` (``configs/bench/default.yaml`` says why that size).
 * **LiSSA** (encoder, the paper's damping and scale, the workload's depth and batch): labelfree's ``LiSSA`` against
   dattri's ``IFAttributorLiSSA`` (the same recursion ``h <- v + (1 - damping) h - H_B h / scale``). Both are
   stochastic and draw different batches (dattri draws independent batches for every test vector, labelfree shares
