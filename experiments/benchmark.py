@@ -593,11 +593,12 @@ of a fresh process running one piece (about 0.6 GiB of it is Python and torch).
 
 
 RECURRENT_SECTION = """
-## Recurrent models: per-example gradients of the ECG5000 LSTM autoencoder
+## Recurrent models: the ECG5000 LSTM autoencoder's per-example gradients and Hessian-vector products
 
 {recurrent}
-How the paths work and what was tried: `experiments/benchmark_recurrent.py` and `docs/NOTEBOOK.md` ("Per-example
-gradients of the LSTM autoencoder by probes").
+How the paths work and what was tried: `experiments/benchmark_recurrent.py`, `labelfree/models/lstm_hessian.py` and
+`docs/NOTEBOOK.md` ("Per-example gradients of the LSTM autoencoder by probes", "The ECG5000 example check at paper
+scale").
 """
 
 

@@ -1,4 +1,5 @@
-"""Per-example gradients of the paper's ECG5000 LSTM autoencoder: one batched backward ("probes") against ``vmap``.
+"""The paper's ECG5000 LSTM autoencoder: per-example gradients by one batched backward ("probes") against ``vmap``,
+and Hessian-vector products written out (:mod:`labelfree.models.lstm_hessian`) against autograd's.
 
 The command is ``scripts/bench_explainers.py --recurrent`` (``make bench``). Workload (``recurrent:`` in
 ``configs/bench/default.yaml``): the paper's LSTM autoencoder (hidden sizes 128 and 64) with fixed random weights,
@@ -11,6 +12,13 @@ the table gives the median wall times.
 Agreement: every path against a per-example loop of plain autograd on ``check_examples`` beats (one backward per
 beat, no batching at all), max over beats of ``|g - g_loop| / |g_loop|``, at most :data:`GRAD_RTOL` (float32
 rounding through 140 recurrent steps).
+
+Hessian-vector products: the Hessian of the mean loss of the ``n`` beats in the encoder's parameters, built once
+and applied to one vector (what each Arnoldi step does); autograd's
+reverse-over-reverse product (``written=False``, the explainer's configured ``vector_chunk_size``) against the
+written-out one, each in pieces of its best size (``hvp_autograd_chunk``, ``hvp_chunk``). Agreement: relative difference of the two products (float32 rounding, at most :data:`HVP_RTOL`).
+The section projects the paper's Arnoldi (``ARNOLDI_STEPS`` products over ``PAPER_BEATS`` beats) from the
+written-out rows: build and product are linear in the beats.
 
 Target (issue 18): probes at least 10x faster than ``vmap``. Where it is not met, the section says so and gives a
 profile of the probes path (``torch.profiler``: the operators with the most self CPU time), which is where the
@@ -39,6 +47,11 @@ log = logging.getLogger("bench")
 
 #: float32 gradients through 140 recurrent steps, batched against one example at a time (measured: 2e-5)
 GRAD_RTOL = 1e-4
+#: float32 Hessian-vector products through 140 recurrent steps, written out against autograd (measured: 1.6e-7)
+HVP_RTOL = 1e-4
+#: The paper-scale ECG5000 example check: Arnoldi steps (the library's default iterations) over the 1000
+#: balanced training beats.
+ARNOLDI_STEPS, PAPER_BEATS = 100, 1000
 SPEED_TARGET = 10.0
 PROFILE_ROWS = 10
 
@@ -54,6 +67,10 @@ class RecurrentWorkload:
     check_examples: int
     repeats: int
     seed: int
+    hvp_n: int
+    hvp_chunk: int
+    hvp_autograd_chunk: int
+    hvp_vector_chunk: int
 
     @classmethod
     def from_config(cls, tiny: bool = False, **overrides: Any) -> RecurrentWorkload:
@@ -111,7 +128,37 @@ def run_recurrent(w: RecurrentWorkload) -> tuple[list[RecurrentResult], str]:
         for (method, chunk), values in times.items():
             results.append(RecurrentResult(piece, method, chunk, statistics.median(values), errors.get((method, chunk))))
             log.info("%s %s chunk %d: %.2f s", piece, method, chunk, results[-1].seconds)
+    results += _hessian_rows(model, w)
     return results, _profile(model, x, w.probe_chunk)
+
+
+def _hessian_rows(model: LSTMAutoEncoder, w: RecurrentWorkload) -> list[RecurrentResult]:
+    """Build and one product of the Hessian of ``w.hvp_n`` beats, autograd's and written out, in turn."""
+    x = torch.randn(w.hvp_n, w.sequence_length, 1)
+    objective = Objective(model)
+    vector = torch.randn(objective.n_params, 1, generator=torch.Generator().manual_seed(w.seed))
+    chunks = {False: w.hvp_autograd_chunk, True: w.hvp_chunk}
+    objective.hessian(x[:2], written=True)  # the one-off check against autograd, outside the timings
+    times: dict[tuple[str, bool], list[float]] = {(part, written): [] for part in ("build", "product")
+                                                  for written in (False, True)}
+    products: dict[bool, Tensor] = {}
+    for _ in range(w.repeats):
+        for written in (False, True):
+            start = time.perf_counter()
+            operator = objective.hessian(x, written=written, split=False, example_chunk_size=chunks[written],
+                                         vector_chunk_size=w.hvp_vector_chunk)
+            built = time.perf_counter()
+            products[written] = operator.matmul(vector)
+            times[("build", written)].append(built - start)
+            times[("product", written)].append(time.perf_counter() - built)
+    error = float((products[True] - products[False]).norm() / products[False].norm())
+    rows = []
+    for (part, written), values in times.items():
+        path = "written out" if written else "autograd"
+        rows.append(RecurrentResult(f"Hessian, {w.hvp_n} beats: {part}", path, chunks[written],
+                                    statistics.median(values), error if part == "product" and written else None))
+        log.info("%s %s: %.2f s", rows[-1].piece, path, rows[-1].seconds)
+    return rows
 
 
 def _profile(model: torch.nn.Module, x: Tensor, chunk: int) -> str:
@@ -141,26 +188,35 @@ def render_recurrent(results: list[RecurrentResult], profile_table: str, w: Recu
         f"the relative difference to a per-example autograd loop (<= {GRAD_RTOL:g}).",
         f"Machine: {machine()}",
         "",
-        "| piece | path (chunk) | seconds | vmap / path | agreement with a per-example loop |",
+        "| piece | path (chunk) | seconds | speed-up | agreement |",
         "|---|---|---|---|---|",
     ]
     passed = True
-    base = {r.piece: r.seconds for r in results if r.path == "vmap"}
+    base = {r.piece: r.seconds for r in results if r.path in ("vmap", "autograd")}
     ratios = {}
     for r in results:
         ratio = base[r.piece] / r.seconds
-        if r.path == "probes":
+        if r.path in ("probes", "written out"):
             ratios[r.piece] = ratio
         check = "-"
         if r.error is not None:
-            ok = r.error <= GRAD_RTOL
+            tolerance = GRAD_RTOL if r.path == "probes" else HVP_RTOL
+            ok = r.error <= tolerance
             passed &= ok
-            check = f"{r.error:.1e} - {'pass' if ok else 'FAIL'}"
+            reference = "a per-example loop" if r.path == "probes" else "autograd's product"
+            check = f"{r.error:.1e} against {reference} - {'pass' if ok else 'FAIL'}"
         lines.append(f"| {r.piece} | {r.path} ({r.chunk}) | {r.seconds:.3g} | {ratio:.1f}x | {check} |")
     gradient_ratio = ratios["per-example gradients"]
     verdict = "met" if gradient_ratio >= SPEED_TARGET else "not met"
+    seconds = {(r.piece.split(": ")[-1], r.path): r.seconds for r in results if r.piece.startswith("Hessian")}
+    scale = PAPER_BEATS / w.hvp_n
+    projected = {path: scale * (seconds[("build", path)] + ARNOLDI_STEPS * seconds[("product", path)])
+                 for path in ("autograd", "written out")}
     lines += ["", f"Target: probes >= {SPEED_TARGET:g}x faster than vmap for the per-example gradients: "
               f"{gradient_ratio:.1f}x, {verdict}.", "",
+              f"Arnoldi at the paper's scale ({ARNOLDI_STEPS} products over {PAPER_BEATS} beats), projected from the "
+              f"Hessian rows (build and product are linear in the beats): written out {projected['written out'] / 60:.1f} "
+              f"min, autograd {projected['autograd'] / 60:.1f} min.", "",
               f"Profile of the probes path ({w.n} beats, chunk {w.probe_chunk}; `torch.profiler`, self CPU time, "
               f"the {PROFILE_ROWS} largest operators):", "", profile_table]
     return "\n".join(lines), passed

@@ -36,6 +36,8 @@ from torch import Tensor, nn
 
 from labelfree.data.ecg5000 import ECG_SHAPE
 from labelfree.models.base import PretextModel
+from labelfree.models.lstm_hessian import LSTMHessian
+from labelfree.models.recurrence import recurrence_backward, recurrence_forward
 from labelfree.modules import ProbeRecord
 
 __all__ = [
@@ -187,73 +189,23 @@ class LSTMLayer(nn.Module):
 
 class _RecordedRecurrence(torch.autograd.Function):
     """The LSTM recurrence ``[n, T, 4H] pre-activations without the recurrent term, W_hh -> h [n, T, H]``, with
-    its backward (BPTT) written out: per step 6 operations instead of autograd's ~25 nodes, on time-major
-    buffers (each step's slice contiguous). ``probe`` (zeros of the pre-activations' shape, usually an
-    expanded scalar) does not enter the value: it receives ``dL/d(pre-activations)`` as its gradient, which is
-    what per-example gradients contract. First order only (recorded calls serve per-example gradients, never
-    double backward or ``vmap``)."""
+    its backward (BPTT) written out (:func:`recurrence_forward`, :func:`recurrence_backward`). ``probe`` (zeros
+    of the pre-activations' shape, usually an expanded scalar) does not enter the value: it receives
+    ``dL/d(pre-activations)`` as its gradient, which is what per-example gradients contract. First order only
+    (recorded calls serve per-example gradients, never double backward or ``vmap``)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, projected: Tensor, weight_hh: Tensor,  # noqa: D102
                 probe: Tensor) -> Tensor:
-        n, steps, width = projected.shape
-        size = width // 4
-        recurrent = weight_hh.t()
-        act = projected.new_empty(steps, n, width)  # sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
-        cells, tanh_cells, hidden = (projected.new_empty(steps, n, size) for _ in range(3))
-        # every step writes into these buffers: no allocation in the loop (a fresh [n, 4H] tensor per operation
-        # is a page-faulting allocation once it passes malloc's mmap threshold, and costs more than the operation)
-        gates, candidate = projected.new_empty(n, width), projected.new_empty(n, size)
-        for step in range(steps):
-            if step == 0:
-                gates.copy_(projected[:, 0])
-            else:
-                torch.addmm(projected[:, step], hidden[step - 1], recurrent, out=gates)
-            a = act[step]
-            torch.sigmoid(gates, out=a)
-            torch.tanh(gates[:, 2 * size : 3 * size], out=a[:, 2 * size : 3 * size])
-            in_gate, forget_gate, cell_gate, out_gate = a.chunk(4, dim=1)
-            if step == 0:
-                torch.mul(in_gate, cell_gate, out=cells[step])
-            else:
-                torch.mul(in_gate, cell_gate, out=candidate)
-                torch.addcmul(candidate, forget_gate, cells[step - 1], out=cells[step])
-            torch.tanh(cells[step], out=tanh_cells[step])
-            torch.mul(out_gate, tanh_cells[step], out=hidden[step])
+        act, cells, tanh_cells, hidden = recurrence_forward(projected, weight_hh)
         ctx.save_for_backward(act, cells, tanh_cells, hidden, weight_hh)
         return hidden.transpose(0, 1)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,  # noqa: D102
                  output_grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        act, cells, tanh_c, hidden, weight_hh = ctx.saved_tensors
-        steps, n, size = cells.shape
-        in_gate, forget_gate, cell_gate, out_gate = act.chunk(4, dim=2)
-        output_grad = output_grad.transpose(0, 1)
-        # The factors d a_t -> dL/d(gates)_t, all steps at once, written straight into the gradient (each step then
-        # scales its slice in place): no temporary as large as the sequence, whose first touch costs page faults.
-        gates_grad = act.new_empty(steps, n, 4 * size)
-        d_in, d_forget, d_cell, d_out = gates_grad.chunk(4, dim=2)
-        torch.mul(in_gate, in_gate, out=d_in)
-        torch.sub(in_gate, d_in, out=d_in).mul_(cell_gate)  # g i (1 - i)
-        d_forget[0].zero_()  # c_{-1} = 0
-        torch.mul(forget_gate[1:], forget_gate[1:], out=d_forget[1:])
-        torch.sub(forget_gate[1:], d_forget[1:], out=d_forget[1:]).mul_(cells[:-1])  # c_{t-1} f (1 - f)
-        torch.mul(cell_gate, cell_gate, out=d_cell).neg_().add_(1).mul_(in_gate)  # i (1 - g^2)
-        torch.mul(out_gate, out_gate, out=d_out)
-        torch.sub(out_gate, d_out, out=d_out).mul_(tanh_c)  # tanh(c) o (1 - o)
-        dc_from_h = torch.mul(tanh_c, tanh_c).neg_().add_(1).mul_(out_gate)  # o (1 - tanh(c)^2)
-        # buffers reused by every step (see forward): dL/dh_t, dL/dc_t, and what flows to step t - 1
-        dh, dc, dh_back, dc_back = (act.new_zeros(n, size) for _ in range(4))
-        for step in range(steps - 1, -1, -1):
-            torch.add(output_grad[step], dh_back, out=dh)
-            torch.addcmul(dc_back, dh, dc_from_h[step], out=dc)
-            grad = gates_grad[step]
-            grad[:, : 3 * size].unflatten(1, (3, size)).mul_(dc[:, None])
-            grad[:, 3 * size :].mul_(dh)
-            if step > 0:
-                torch.mul(dc, forget_gate[step], out=dc_back)
-                torch.mm(grad, weight_hh, out=dh_back)
+        act, cells, tanh_cells, hidden, weight_hh = ctx.saved_tensors
+        gates_grad = recurrence_backward(act, cells, tanh_cells, weight_hh, output_grad.transpose(0, 1))
         weight_grad = None
         if ctx.needs_input_grad[1]:
             weight_grad = gates_grad[1:].flatten(0, 1).t() @ hidden[:-1].flatten(0, 1)
@@ -358,3 +310,13 @@ class LSTMAutoEncoder(PretextModel):
     def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
         inputs = self.perturb(x) if perturb else x
         return (self(inputs) - x).abs().flatten(1).mean(dim=1)
+
+    def written_hessian(self, wrt: str, x: Tensor, weights: Tensor) -> LSTMHessian | None:
+        """The Hessian in the encoder's parameters of ``sum_b weights_b * loss_b`` on ``x [n, T, C]`` with its
+        second-order product written out (:class:`~labelfree.models.lstm_hessian.LSTMHessian`: the same numbers
+        as autograd's reverse-over-reverse product, several times faster), or ``None`` for another ``wrt``.
+        :meth:`~labelfree.attribution.examples.Objective.hessian` uses it (see ``written`` there)."""
+        if wrt != "encoder":
+            return None
+        self._check_inputs(x)
+        return LSTMHessian(self, x, weights)

@@ -304,6 +304,55 @@ def test_split_hessian_through_the_lstm_equals_the_direct_product():
     torch.testing.assert_close(operator.matmul(vectors), direct, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_written_hessian_equals_autograd_reverse_over_reverse(chunk):
+    """The LSTM autoencoder's written-out second-order product (labelfree.models.lstm_hessian) is autograd's
+    product, to float64 rounding: weighted examples, several columns, pieces of the batch, two channels."""
+    torch.manual_seed(3)
+    model = LSTMAutoEncoder(sequence_length=9, n_channels=2, hidden_size=6, latent_dim=4).double().eval()
+    x = torch.randn(5, 9, 2, dtype=torch.float64)
+    weights = torch.rand(5, dtype=torch.float64)
+    objective = Objective(model)
+    vectors = torch.randn(objective.n_params, 3, dtype=torch.float64)
+    operator = objective.hessian(x, weights=weights, example_chunk_size=chunk, written=True)
+    assert operator.written and not operator.split
+    direct = objective.hvp(x, vectors, weights=weights, example_chunk_size=chunk, written=False, split=False)
+    torch.testing.assert_close(operator.matmul(vectors), direct, rtol=1e-10, atol=1e-13)
+    # auto takes it for the model's own loss; the mean by default
+    auto = objective.hessian(x)
+    assert auto.written
+    torch.testing.assert_close(auto.matmul(vectors), objective.hvp(x, vectors, written=False, split=False),
+                               rtol=1e-10, atol=1e-13)
+
+
+def test_written_hessian_falls_back_where_it_does_not_apply():
+    """Another loss, other parameters, a subclass whose loss differs: auto takes autograd's product (checked
+    on a probe), written=True names the reason."""
+    model = tiny_model(seed=4).eval()
+    x = torch.randn(3, 12, 1, dtype=torch.float64)
+    squared = Objective(model, loss=lambda m, xb: (m(xb) - xb).pow(2).flatten(1).mean(1))
+    assert not squared.hessian(x).written
+    with pytest.raises(ValueError, match="not the model's pretext loss"):
+        squared.hessian(x, written=True)
+    decoder = Objective(model, wrt="decoder")
+    assert not decoder.hessian(x).written
+    with pytest.raises(ValueError, match="writes out no Hessian in 'decoder'"):
+        decoder.hessian(x, written=True)
+    with pytest.raises(ValueError, match="exclude each other"):
+        Objective(model).hessian(x, written=True, split=True)
+
+    class Squared(LSTMAutoEncoder):
+        def pretext_loss(self, x, y=None, perturb=False):
+            return (self(x) - x).pow(2).flatten(1).mean(dim=1)
+
+    torch.manual_seed(4)
+    other = Squared(sequence_length=12, hidden_size=6, latent_dim=4).double().eval()
+    objective = Objective(other)
+    assert not objective.hessian(x).written
+    with pytest.raises(ValueError, match="differs from autograd's"):
+        objective.hessian(x, written=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Feature importance on time series
 # ----------------------------------------------------------------------------------------------

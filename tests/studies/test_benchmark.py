@@ -11,7 +11,7 @@ from experiments import benchmark
 
 def test_memory_options_follow_the_experiment_configs() -> None:
     lstm = benchmark.memory_options("ecg_lstm_ae", "influence_functions")
-    assert lstm == {"chunk_size": 32, "vector_chunk_size": 4, "hvp_chunk_size": 50, "test_chunk_size": 256}
+    assert lstm == {"chunk_size": 32, "vector_chunk_size": 4, "hvp_chunk_size": 100, "test_chunk_size": 256}
     assert benchmark.memory_options("ecg_lstm_ae", "tracin") == {"chunk_size": 32}
     mnist = benchmark.memory_options("mnist_ae", "influence_functions")
     assert mnist["chunk_size"] == 256 and mnist["hvp_chunk_size"] is None
@@ -65,8 +65,9 @@ def test_the_tiny_recurrent_benchmark_checks_both_paths_against_a_loop(tmp_path)
     finally:
         torch.set_num_threads(threads)
     text = (tmp_path / "recurrent.md").read_text()
-    assert text.count(" - pass |") == 2 and "| TracIn, 1 checkpoint | probes (4) |" in text
-    assert "Target: probes >= 10x" in text and "| (all operators) |" in text
+    assert text.count(" - pass |") == 3 and "| TracIn, 1 checkpoint | probes (4) |" in text
+    assert "against autograd's product - pass |" in text and "| Hessian, 4 beats: build | written out (2) |" in text
+    assert "Target: probes >= 10x" in text and "| (all operators) |" in text and "projected from the" in text
     # the check can fail: a gradient of another model is far outside the tolerance
     model = recurrent.LSTMAutoEncoder(sequence_length=workload.sequence_length).eval()
     x = torch.randn(2, workload.sequence_length, 1)

@@ -12,12 +12,17 @@ import warnings
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from labelfree.attribution.examples.objective import Objective
 
 __all__ = ["ExampleImportance", "LossBasedImportance"]
+
+
+def pretext_objective_loss(model: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
+    """Default objective: the model's deterministic per-example pretext loss, shape ``[n]``."""
+    return model.pretext_loss(x, y, perturb=False)
 
 
 def check_positive_int(name: str, value: int) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from labelfree.attribution.examples.base import check_positive_int
+from labelfree.attribution.examples.base import check_positive_int, pretext_objective_loss
 from labelfree.modules import eval_mode
 
 if TYPE_CHECKING:
@@ -25,12 +26,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HessianOperator", "HessianOptions", "build_hessian"]
+__all__ = ["HessianOperator", "HessianOptions", "WrittenHessian", "build_hessian"]
 
 #: Largest relative difference allowed by the checks of a split (:func:`build_hessian`): the loss's gradient
 #: against the surrogate's, and the head's product with a random probe against its block-diagonal part. Float32
 #: rounding gives about 1e-6; a loss that reads the parameters elsewhere, or a head that couples examples, O(1).
 _SPLIT_CHECK_RTOL = 1e-3
+
+#: Largest relative difference allowed between a model's written-out Hessian product and autograd's on a random
+#: probe (:func:`build_hessian`, ``written``). Float32 rounding through a 140-step LSTM gives about 1e-6; a model
+#: whose loss differs from the one the written product assumes, O(1).
+_WRITTEN_CHECK_RTOL = 1e-3
+
+#: Examples on which a written-out product is checked against autograd (a few: autograd's product is the slow one).
+_WRITTEN_CHECK_EXAMPLES = 4
 
 #: Auto splits when the operator will multiply at least this many columns per output entry d. Building a split
 #: costs d head products; each column then saves the head's share of a direct product. Measured break-even on the
@@ -46,6 +55,21 @@ class HessianOptions(TypedDict, total=False):
     example_chunk_size: int | None
     vector_chunk_size: int | None
     split: bool | None
+    written: bool | None
+
+
+class WrittenHessian(Protocol):
+    """What a model's ``written_hessian(wrt, x, weights)`` returns: the Hessian in ``wrt``'s parameters of
+    ``sum_b weights_b * pretext_loss_b`` on the batch ``x``, with its second-order product written out."""
+
+    def matmul(self, vectors: Tensor) -> Tensor:
+        """``H V`` ``[P, k]`` for ``V`` ``[P, k]`` (the objective's parameter order)."""
+        ...
+
+
+#: Verdicts of the written-out products' checks (:func:`_written_hessian`), per model, keyed by what was
+#: differentiated and the parameters' storage and version (new weights are checked again).
+_WRITTEN_CHECKED: weakref.WeakKeyDictionary[nn.Module, dict[tuple, float]] = weakref.WeakKeyDictionary()
 
 
 class _LossModule(nn.Module):
@@ -106,6 +130,7 @@ class _HessianPiece:
     y: Tensor | None
     weights: Tensor | None
     curvature: _OutputCurvature | None
+    written: WrittenHessian | None = None
 
 
 def build_hessian(
@@ -117,6 +142,7 @@ def build_hessian(
     vector_chunk_size: int | None = None,
     split: bool | None = None,
     columns: int | None = None,
+    written: bool | None = None,
 ) -> HessianOperator:
     """The Hessian H of the mean loss of the batch ``x`` (or of ``sum_b weights_b * loss_b``) as an operator.
 
@@ -139,6 +165,12 @@ def build_hessian(
             cannot) or ``False`` (never); see below.
         columns: how many columns the operator will multiply in all (what auto compares ``d`` with);
             ``None``: unknown, auto does not split.
+        written: use the model's written-out second-order product where it has one (a method
+            ``written_hessian(wrt, x, weights)`` returning a :class:`WrittenHessian`; the LSTM autoencoder,
+            :mod:`labelfree.models.lstm_hessian`): ``None`` (auto: when the objective is the model's own pretext
+            loss, ``split`` is not ``True`` and the product agrees with autograd's on a random probe), ``True``
+            (insists; a clear error says why it cannot) or ``False`` (never). Where it is used, ``split`` and
+            ``vector_chunk_size`` do not apply.
 
     Splitting at the submodule's output (exact). When the loss depends on theta only through
     ``z_b = f_theta(u_b)``, the output of the differentiated submodule (``wrt``, called once per
@@ -162,6 +194,11 @@ def build_hessian(
         raise ValueError(f"weights must have shape [b={len(x)}], got {tuple(weights.shape)}")
     if split not in (None, True, False):
         raise ValueError(f"split must be None (auto), True or False, got {split!r}")
+    if written not in (None, True, False):
+        raise ValueError(f"written must be None (auto), True or False, got {written!r}")
+    if written and split:
+        raise ValueError("split=True and written=True exclude each other: a written-out product runs the whole "
+                         "model (choose one, or leave one None)")
     if columns is not None:
         check_positive_int("columns", columns)
     if y is not None and len(y) != len(x):
@@ -184,10 +221,58 @@ def build_hessian(
         px = px.to(device)
         py = None if py is None else py.to(device)
         pw = None if pw is None else pw.to(device=device, dtype=dtype)
+        use_written = written is True or (written is None and split is not True)
+        product = _written_hessian(objective, px, py, pw, written) if use_written else None
+        if product is not None:
+            built.append(_HessianPiece(px, py, pw, None, product))
+            continue
         curvature = (None if split is False
                      else _output_curvature(objective, px, py, pw, split, columns, vector_chunk_size))
         built.append(_HessianPiece(px, py, pw, curvature))
     return HessianOperator(objective, built, vector_chunk_size)
+
+
+def _written_hessian(
+    objective: Objective, x: Tensor, y: Tensor | None, weights: Tensor | None, written: bool | None,
+) -> WrittenHessian | None:
+    """The model's written-out Hessian of the batch (see :func:`build_hessian`), or ``None`` (auto) where it has
+    none, the loss is not its pretext loss, or the product disagrees with autograd's; ``written=True`` raises."""
+    model = objective.model
+
+    def refuse(reason: str) -> None:
+        if written:
+            raise ValueError(f"no written-out Hessian product for {type(model).__name__}: {reason}")
+        logger.debug("Hessian by autograd: %s", reason)
+
+    build = getattr(model, "written_hessian", None)
+    if not callable(build):
+        return refuse("the model has no written_hessian method")
+    if objective.loss is not pretext_objective_loss:
+        return refuse("the objective's loss is not the model's pretext loss")
+    if not isinstance(objective.wrt, str):
+        return refuse("the parameters are selected by name prefixes, not as one submodule")
+    if weights is None:  # the mean, as explicit weights
+        weights = torch.full((len(x),), 1.0 / len(x), dtype=objective.dtype, device=x.device)
+    with eval_mode(model), torch.no_grad():
+        product = build(objective.wrt, x, weights)
+    if product is None:
+        return refuse(f"{type(model).__name__} writes out no Hessian in {objective.wrt!r}")
+    params = objective._named_parameters().values()
+    key = (objective.wrt, tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    verdicts = _WRITTEN_CHECKED.setdefault(model, {})
+    if key not in verdicts:
+        m = min(len(x), _WRITTEN_CHECK_EXAMPLES)
+        few = weights[:m] / weights[:m].sum()
+        generator = torch.Generator().manual_seed(2)
+        probe = torch.randn(objective.n_params, 1, generator=generator, dtype=objective.dtype).to(x.device)
+        with eval_mode(model), torch.no_grad():
+            mine = build(objective.wrt, x[:m], few).matmul(probe)
+        reference = HessianOperator(objective, [_HessianPiece(x[:m], None if y is None else y[:m], few, None)],
+                                    None).matmul(probe)
+        verdicts[key] = _relative_difference(mine, reference)
+    if verdicts[key] > _WRITTEN_CHECK_RTOL:
+        return refuse(f"its product differs from autograd's by {verdicts[key]:.1e} relative on a random probe")
+    return product
 
 
 def _output_curvature(
@@ -329,6 +414,11 @@ class HessianOperator:
         """Whether the products skip the head (split at the submodule's output)."""
         return all(piece.curvature is not None for piece in self.pieces)
 
+    @property
+    def written(self) -> bool:
+        """Whether the products are the model's written-out ones (:func:`build_hessian`, ``written``)."""
+        return all(piece.written is not None for piece in self.pieces)
+
     def matmul(self, vectors: Tensor) -> Tensor:
         """``H V`` of shape ``[P, k]`` for ``V`` of shape ``[P, k]`` (on the model's device)."""
         objective = self.objective
@@ -344,6 +434,9 @@ class HessianOperator:
 
     def _piece_product(self, piece: _HessianPiece, vectors: Tensor) -> Tensor:
         objective = self.objective
+        if piece.written is not None:
+            with eval_mode(objective.model), torch.no_grad():
+                return piece.written.matmul(vectors)
         wrapper = _LossModule(objective.model, objective.loss)
         k = vectors.shape[1]
         chunk = k if self.vector_chunk_size is None else self.vector_chunk_size

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from labelfree.attribution.examples.base import check_positive_int
+from labelfree.attribution.examples.base import check_positive_int, pretext_objective_loss
 from labelfree.attribution.examples.hessian import HessianOptions, _LossModule, build_hessian
 from labelfree.attribution.examples.per_example import ProbesDeclined, probe_per_example_grads, probe_plan
 from labelfree.modules import eval_mode
@@ -43,11 +43,6 @@ LossFn = Callable[..., Tensor]
 #: What an :class:`Objective` differentiates: a dotted submodule name (``""``: the whole model), a submodule
 #: object, or a sequence of parameter-name prefixes (``["encoder.0", "encoder.2.weight"]``).
 Wrt = Union[str, nn.Module, Sequence[str]]
-
-
-def pretext_objective_loss(model: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
-    """Default objective: the model's deterministic per-example pretext loss, shape ``[n]``."""
-    return model.pretext_loss(x, y, perturb=False)
 
 
 def _positional_arity(fn: Callable[..., object]) -> int | None:
