@@ -200,12 +200,14 @@ def render_recurrent(results: list[RecurrentResult], profile_table: str, w: Recu
             ratios[r.piece] = ratio
         check = "-"
         if r.error is not None:
-            tolerance = GRAD_RTOL if r.path == "probes" else HVP_RTOL
-            ok = r.error <= tolerance
+            hessian = r.path == "written out"
+            ok = r.error <= (HVP_RTOL if hessian else GRAD_RTOL)
             passed &= ok
-            reference = "a per-example loop" if r.path == "probes" else "autograd's product"
+            reference = "autograd's product" if hessian else "a per-example loop"
             check = f"{r.error:.1e} against {reference} - {'pass' if ok else 'FAIL'}"
-        lines.append(f"| {r.piece} | {r.path} ({r.chunk}) | {r.seconds:.3g} | {ratio:.1f}x | {check} |")
+        # building is what the written-out product pays once per batch (autograd's has nothing to build)
+        speed = "-" if r.piece.endswith(": build") else f"{ratio:.1f}x"
+        lines.append(f"| {r.piece} | {r.path} ({r.chunk}) | {r.seconds:.3g} | {speed} | {check} |")
     gradient_ratio = ratios["per-example gradients"]
     verdict = "met" if gradient_ratio >= SPEED_TARGET else "not met"
     seconds = {(r.piece.split(": ")[-1], r.path): r.seconds for r in results if r.piece.startswith("Hessian")}

@@ -66,7 +66,8 @@ def test_the_tiny_recurrent_benchmark_checks_both_paths_against_a_loop(tmp_path)
         torch.set_num_threads(threads)
     text = (tmp_path / "recurrent.md").read_text()
     assert text.count(" - pass |") == 3 and "| TracIn, 1 checkpoint | probes (4) |" in text
-    assert "against autograd's product - pass |" in text and "| Hessian, 4 beats: build | written out (2) |" in text
+    assert text.count("against a per-example loop - pass |") == 2 and text.count("against autograd's product - pass |") == 1
+    assert "| Hessian, 4 beats: build | written out (2) |" in text
     assert "Target: probes >= 10x" in text and "| (all operators) |" in text and "projected from the" in text
     # the check can fail: a gradient of another model is far outside the tolerance
     model = recurrent.LSTMAutoEncoder(sequence_length=workload.sequence_length).eval()
