@@ -17,7 +17,7 @@ Hessian-vector products: the Hessian of the mean loss of the ``n`` beats in the 
 and applied to one vector (what each Arnoldi step does); autograd's
 reverse-over-reverse product (``written=False``, the explainer's configured ``vector_chunk_size``) against the
 written-out one, each in pieces of its best size (``hvp_autograd_chunk``, ``hvp_chunk``). Agreement: relative difference of the two products (float32 rounding, at most :data:`HVP_RTOL`).
-The section projects the paper's Arnoldi (``ARNOLDI_STEPS`` products over ``PAPER_BEATS`` beats) from the
+The section projects the paper's Arnoldi (:func:`paper_arnoldi_workload`) from the
 written-out rows: build and product are linear in the beats.
 
 Target (issue 18): probes at least 10x faster than ``vmap``. Where it is not met, the section says so and gives a
@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
-from experiments.benchmark import bench_section, machine
+from experiments.benchmark import CONFIGS, bench_section, explainer_settings, machine
 from labelfree.attribution.examples import Objective, TracIn
 from labelfree.io import save_text
 from labelfree.models.lstm import LSTMAutoEncoder
@@ -49,9 +50,6 @@ log = logging.getLogger("bench")
 GRAD_RTOL = 1e-4
 #: float32 Hessian-vector products through 140 recurrent steps, written out against autograd (measured: 1.6e-7)
 HVP_RTOL = 1e-4
-#: The paper-scale ECG5000 example check: Arnoldi steps (the library's default iterations) over the 1000
-#: balanced training beats.
-ARNOLDI_STEPS, PAPER_BEATS = 100, 1000
 SPEED_TARGET = 10.0
 PROFILE_ROWS = 10
 
@@ -75,6 +73,15 @@ class RecurrentWorkload:
     @classmethod
     def from_config(cls, tiny: bool = False, **overrides: Any) -> RecurrentWorkload:
         return cls(**bench_section("recurrent", tiny, **overrides))
+
+
+def paper_arnoldi_workload() -> tuple[int, int]:
+    """The paper-scale ECG5000 example check's Arnoldi: its steps (``configs/explainer/
+    influence_functions_arnoldi.yaml``) and its training beats (``configs/experiment/ecg5000_consistency.yaml``:
+    ``train_per_class`` for each of the two labels)."""
+    experiment = OmegaConf.load(CONFIGS / "experiment" / "ecg5000_consistency.yaml")
+    per_class = int(OmegaConf.select(experiment, "protocol.examples.train_per_class"))
+    return explainer_settings("influence_functions_arnoldi")["solver"].iterations, 2 * per_class
 
 
 def loop_grads(objective: Objective, x: Tensor) -> Tensor:
@@ -211,12 +218,13 @@ def render_recurrent(results: list[RecurrentResult], profile_table: str, w: Recu
     gradient_ratio = ratios["per-example gradients"]
     verdict = "met" if gradient_ratio >= SPEED_TARGET else "not met"
     seconds = {(r.piece.split(": ")[-1], r.path): r.seconds for r in results if r.piece.startswith("Hessian")}
-    scale = PAPER_BEATS / w.hvp_n
-    projected = {path: scale * (seconds[("build", path)] + ARNOLDI_STEPS * seconds[("product", path)])
+    steps, beats = paper_arnoldi_workload()
+    scale = beats / w.hvp_n
+    projected = {path: scale * (seconds[("build", path)] + steps * seconds[("product", path)])
                  for path in ("autograd", "written out")}
     lines += ["", f"Target: probes >= {SPEED_TARGET:g}x faster than vmap for the per-example gradients: "
               f"{gradient_ratio:.1f}x, {verdict}.", "",
-              f"Arnoldi at the paper's scale ({ARNOLDI_STEPS} products over {PAPER_BEATS} beats), projected from the "
+              f"Arnoldi at the paper's scale ({steps} products over {beats} beats), projected from the "
               f"Hessian rows (build and product are linear in the beats): written out {projected['written out'] / 60:.1f} "
               f"min, autograd {projected['autograd'] / 60:.1f} min.", "",
               f"Profile of the probes path ({w.n} beats, chunk {w.probe_chunk}; `torch.profiler`, self CPU time, "

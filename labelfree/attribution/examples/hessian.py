@@ -253,25 +253,29 @@ def _written_hessian(
         return refuse("the parameters are selected by name prefixes, not as one submodule")
     if weights is None:  # the mean, as explicit weights
         weights = torch.full((len(x),), 1.0 / len(x), dtype=objective.dtype, device=x.device)
-    with eval_mode(model), torch.no_grad():
-        product = build(objective.wrt, x, weights)
-    if product is None:
-        return refuse(f"{type(model).__name__} writes out no Hessian in {objective.wrt!r}")
     params = objective._named_parameters().values()
     key = (objective.wrt, tuple((p.data_ptr(), p._version, p.dtype) for p in params))
     verdicts = _WRITTEN_CHECKED.setdefault(model, {})
-    if key not in verdicts:
+    if key not in verdicts:  # checked on a few examples first: a refused product is never built for the batch
         m = min(len(x), _WRITTEN_CHECK_EXAMPLES)
         few = weights[:m] / weights[:m].sum()
+        with eval_mode(model), torch.no_grad():
+            small = build(objective.wrt, x[:m], few)
+        if small is None:
+            return refuse(f"{type(model).__name__} writes out no Hessian in {objective.wrt!r}")
         generator = torch.Generator().manual_seed(2)
         probe = torch.randn(objective.n_params, 1, generator=generator, dtype=objective.dtype).to(x.device)
         with eval_mode(model), torch.no_grad():
-            mine = build(objective.wrt, x[:m], few).matmul(probe)
+            mine = small.matmul(probe)
         reference = HessianOperator(objective, [_HessianPiece(x[:m], None if y is None else y[:m], few, None)],
                                     None).matmul(probe)
         verdicts[key] = _relative_difference(mine, reference)
     if verdicts[key] > _WRITTEN_CHECK_RTOL:
         return refuse(f"its product differs from autograd's by {verdicts[key]:.1e} relative on a random probe")
+    with eval_mode(model), torch.no_grad():
+        product = build(objective.wrt, x, weights)
+    if product is None:
+        return refuse(f"{type(model).__name__} writes out no Hessian in {objective.wrt!r}")
     return product
 
 
