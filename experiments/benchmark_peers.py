@@ -68,8 +68,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import importlib.metadata
+import json
 import logging
+import shutil
 import multiprocessing as mp
 import tempfile
 from collections.abc import Callable
@@ -98,7 +101,7 @@ from experiments.benchmark import (
     spearman,
 )
 from labelfree.attribution.examples import Arnoldi, Exact, InfluenceFunctions, Objective, TracIn
-from labelfree.io import save_text
+from labelfree.io import load_torch, save_text, save_torch
 from labelfree.runtime import peak_rss_gib
 from labelfree.training import Checkpoint
 
@@ -120,6 +123,12 @@ WHY_NOT = {
     ("lissa", "captum"): "Captum 0.9 has no LiSSA (captum.influence offers TracInCP, NaiveInfluenceFunction and "
                          "ArnoldiInfluenceFunction)",
 }
+#: peer rows that run only when the workload's flag is set: package -> (flag, the row's text when it is not)
+OPT_IN = {
+    "dattri (CG)": ("run_cg", "not run: peers.run_cg is false in configs/bench/default.yaml (about an hour at 1000 "
+                              "x 1000: every CG step is a Hessian-vector product over the training set, per test "
+                              "vector; docs/bench_peers.md)"),
+}
 PYDVL_WHY = ("pyDVL 0.10.0 (its latest release) requires numpy<2, so pip would replace this environment's numpy 2, and "
              "its pydvl.influence package imports dask.distributed at import time; it is not in the bench extra")
 
@@ -139,6 +148,7 @@ class PeerWorkload:
     exact_wrt: str
     exact_lambda_fraction: float
     cg_steps: int
+    run_cg: bool
     captum_batch_size: int
     captum_test_chunk: int
     repeats: int
@@ -546,30 +556,68 @@ class PeerRow:
     passed: bool | None = None
 
 
-def run_peers(w: PeerWorkload, threads: int, isolate: bool) -> list[PeerRow]:
-    """Every piece for labelfree and every installed peer; agreement of each peer with labelfree."""
+def _job_key(job: dict[str, Any]) -> str:
+    """A name for one (piece, package, threads, isolation, workload) result in the journal folder."""
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _run_journaled(job: dict[str, Any], isolate: bool, journal: Path | None) -> dict[str, Any]:
+    """:func:`run_isolated` (or :func:`run_piece`), its result kept in ``journal`` (one ``.pt`` file per job,
+    written atomically) and read back from there when the same job, with the same workload, already ran: a stopped
+    run resumes at the piece it was in. Errors other than a peer's process dying are not kept (they are rerun)."""
+    path = None if journal is None else journal / f"{_job_key({**job, 'isolate': isolate})}.pt"
+    if path is not None and path.exists():
+        kept = load_torch(path)
+        log.info("%s %s: kept result from %s", job["piece"], job["package"], path.name)
+        if "scores" in kept:
+            kept["scores"] = kept["scores"].numpy()
+        return kept
+    result = run_isolated(job) if isolate else run_piece(job)
+    if path is not None and ("error" not in result or result.get("died")):
+        stored = dict(result)
+        if "scores" in stored:
+            stored["scores"] = torch.from_numpy(stored["scores"])
+        save_torch(stored, path)
+    return result
+
+
+def run_peers(w: PeerWorkload, threads: int, isolate: bool, journal: Path | None = None,
+              on_row: Callable[[list[PeerRow]], None] | None = None) -> list[PeerRow]:
+    """Every piece for labelfree and every installed peer; agreement of each peer with labelfree.
+
+    ``journal``: a folder keeping each finished (piece, package) result, so that a stopped run resumes where it
+    stopped (:func:`_run_journaled`); ``on_row(rows)`` is called after every row (the partial table is written)."""
     versions = peer_versions()
     rows: list[PeerRow] = []
     if w.exact_scale is None and any(where == "exact" for where, *_ in PIECES.values()):
         w = exact_series(w)
+
+    def add(row: PeerRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(rows)
+
     for piece, (_, label, check, builders) in PIECES.items():
         reference = None
         for package in ("labelfree", *PEERS):
             if package not in builders:
-                rows.append(PeerRow(label, package, agreement=WHY_NOT.get((piece, package), "no matching method")))
+                add(PeerRow(label, package, agreement=WHY_NOT.get((piece, package), "no matching method")))
                 continue
             base = package.split(" ")[0]
             if base != "labelfree" and versions.get(base) is None:
-                rows.append(PeerRow(label, package, agreement=f"{base} is not installed (pip install -e '.[bench]')"))
+                add(PeerRow(label, package, agreement=f"{base} is not installed (pip install -e '.[bench]')"))
                 continue
             for name in [package, *(k for k in builders if k.startswith(package + " "))]:
+                if name in OPT_IN and not getattr(w, OPT_IN[name][0]):
+                    add(PeerRow(label, name, agreement=OPT_IN[name][1]))
+                    continue
                 job = {"piece": piece, "package": name, "threads": threads, "workload": dataclasses.asdict(w)}
-                result = run_isolated(job) if isolate else run_piece(job)
+                result = _run_journaled(job, isolate, journal)
                 if "error" in result:
                     if name == "labelfree" or not result.get("died"):
-                        rows.append(PeerRow(label, name, agreement=f"failed: {result['error'][:300]}", passed=False))
+                        add(PeerRow(label, name, agreement=f"failed: {result['error'][:300]}", passed=False))
                     else:  # a peer that cannot run the task at this size: the row says why, no check to fail
-                        rows.append(PeerRow(label, name, agreement=f"could not run: {result['error']}"))
+                        add(PeerRow(label, name, agreement=f"could not run: {result['error']}"))
                     log.info("%-45s %-12s %s", label, name, rows[-1].agreement)
                     continue
                 row = PeerRow(label, name, result["seconds"], result["peak_rss_gib"] if isolate else None)
@@ -582,8 +630,8 @@ def run_peers(w: PeerWorkload, threads: int, isolate: bool) -> list[PeerRow]:
                     else:
                         row.agreement = f"information only: Spearman with labelfree = {spearman(reference, scores):.3f}"
                 log.info("%-45s %-12s %8.3f s %s", label, name, row.seconds, row.agreement)
-                rows.append(row)
-    rows.append(PeerRow("(any)", "pydvl", agreement=PYDVL_WHY))
+                add(row)
+    add(PeerRow("(any)", "pydvl", agreement=PYDVL_WHY))
     return rows
 
 
@@ -598,8 +646,8 @@ def render_peers(rows: list[PeerRow], w: PeerWorkload) -> str:
         f"(damping {lissa.damping:g}, scale {lissa.scale:g}); exact rows on `{w.exact_wrt}` "
         f"only (P = {n_small}) with lambda = {w.exact_lambda_fraction:g} x H's largest eigenvalue = {w.exact_lambda:.3g} "
         f"(their Arnoldi: {n_small} steps, rank {w.exact_arnoldi_rank}, the spectrum's widest gap; dattri's CG: "
-        f"{w.cg_steps} steps); workload Arnoldi {w.arnoldi_iterations} steps, rank {w.arnoldi_rank}; median of "
-        f"{w.repeats} runs"
+        f"{w.cg_steps} steps{'' if w.run_cg else ', not run'}); workload Arnoldi {w.arnoldi_iterations} steps, "
+        f"rank {w.arnoldi_rank}; median of {w.repeats} runs"
         + (f" (pieces under 1 s: a warm-up call, then the median of {w.fast_repeats})" if w.fast_repeats else "")
         + f", a piece whose first run takes over {w.slow_piece_s:g} s: that run. Captum: batches of "
         f"{w.captum_batch_size} for per-example gradients, test chunks of {w.captum_test_chunk} for influence "
@@ -651,11 +699,28 @@ def render_targets(rows: list[PeerRow]) -> list[str]:
     return lines
 
 
-def write_peers(w: PeerWorkload, threads: int, isolate: bool = True, out: Path | None = None) -> list[str]:
-    """Run :func:`run_peers`, print the table and write it to ``out``; the failed rows' names."""
+def write_peers(w: PeerWorkload, threads: int, isolate: bool = True, out: Path | None = None,
+                resume: bool = False) -> list[str]:
+    """Run :func:`run_peers`, print the table and write it to ``out``; the failed rows' names.
+
+    With ``out``, the table so far is rewritten after every row (marked partial until the run ends) and each
+    finished piece is kept in ``<out>.parts/``; ``resume`` reads the pieces kept there by an earlier run of the same
+    workload instead of starting afresh (the folder is emptied otherwise)."""
     torch.set_num_threads(threads)
     w = exact_series(w)
-    rows = run_peers(w, threads, isolate)
+    journal = None
+    if out is not None:
+        journal = out.with_name(out.name + ".parts")
+        if journal.exists() and not resume:
+            shutil.rmtree(journal)
+        journal.mkdir(parents=True, exist_ok=True)
+
+    def partial(rows: list[PeerRow]) -> None:
+        if out is not None:
+            save_text(f"**Partial table: the run is still going or stopped after {len(rows)} rows "
+                      f"(`--resume` continues it).**\n\n{render_peers(rows, w)}\n", out)
+
+    rows = run_peers(w, threads, isolate, journal, on_row=partial)
     table = render_peers(rows, w)
     print(table)
     if out is not None:
@@ -664,5 +729,3 @@ def write_peers(w: PeerWorkload, threads: int, isolate: bool = True, out: Path |
     if failed:
         log.error("peer agreement checks failed: %s", ", ".join(failed))
     return failed
-
-

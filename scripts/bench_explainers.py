@@ -4,6 +4,7 @@
     python scripts/bench_explainers.py --paper-scale        # labelfree only: the paper's MNIST example check
     python scripts/bench_explainers.py --tiny --out /tmp/b.md   # seconds; what the test runs
     python scripts/bench_explainers.py --peers              # against Captum and dattri (experiments.benchmark_peers)
+    python scripts/bench_explainers.py --peers --out P.md --resume   # continue a stopped peer run (P.md.parts/)
     python scripts/bench_explainers.py --peers --tiny --no-isolate --out /tmp/p.md   # seconds; what the test runs
     python scripts/bench_explainers.py --recurrent          # LSTM per-example gradients (experiments.benchmark_recurrent)
     python scripts/bench_explainers.py --assemble WORKLOAD_MD PAPER_MD [PEERS_MD [RECURRENT_MD]] --out results/BENCHMARKS.md
@@ -52,6 +53,9 @@ def main() -> None:
                         help="labelfree against Captum and dattri on the same label-free task (the bench extra)")
     parser.add_argument("--no-isolate", action="store_true",
                         help="peers: run every piece in this process (no per-piece peak memory; for the test)")
+    parser.add_argument("--resume", action="store_true",
+                        help="peers: keep the pieces an earlier, stopped run of the same workload finished "
+                             "(<out>.parts/) and run the rest")
     parser.add_argument("--recurrent", action="store_true",
                         help="per-example gradients of the ECG5000 LSTM autoencoder: probes against vmap")
     parser.add_argument("--assemble", nargs="+", type=Path, metavar="MD",
@@ -71,7 +75,7 @@ def main() -> None:
             sys.exit(1)
     elif args.peers:
         if write_peers(PeerWorkload.from_config(tiny=args.tiny, repeats=args.repeats), args.threads,
-                       isolate=not args.no_isolate, out=args.out):
+                       isolate=not args.no_isolate, out=args.out, resume=args.resume):
             sys.exit(1)
     elif args.paper_scale:
         write_paper_scale(args.threads, 0, with_memory=not args.no_memory, size=args.paper_size, out=args.out)
