@@ -123,8 +123,9 @@ disvae-smoke:  ## the same at smoke scale, tables under RUNS/results
 # Explainers and metrics timed against the authors' lfxai on one workload (agreement checked), then the
 # paper-scale MNIST example check and the peak memory per model, then labelfree against Captum and dattri on the
 # same label-free task (experiments/benchmark_peers.py); the tables go to results/BENCHMARKS.md.
-# Needs the bench extra: pip install -e ".[bench]". About 2 hours on a 2-core CPU (the peers take about 1 h 50 min: dattri's CG
-# alone 62 min, its LiSSA 14), so run it on an idle machine.
+# Needs the bench extra: pip install -e ".[bench]". About 1.5 hours on a 2-core CPU (the peers about 70 min: dattri's
+# LiSSA 15, its Arnoldi 30 until peers.piece_timeout_s stops it; its CG, opt-in, another 62), so run it on an idle
+# machine. A stopped peer run continues with: scripts/bench_explainers.py --peers --out $(BENCH_DIR)/peers.md --resume
 BENCH_DIR ?= $(RUNS)/bench
 bench:  ## explainers and metrics against lfxai, the paper-scale timings, then Captum and dattri (the bench extra)
 	mkdir -p $(BENCH_DIR)

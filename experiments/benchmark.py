@@ -588,7 +588,9 @@ PEERS_SECTION = """
 What each package is given, the settings that make the estimators the same, and why each check is what it is:
 see the docstring of `experiments/benchmark_peers.py`. Every package differentiates the per-example pretext
 loss with respect to the encoder's parameters only (Captum `layers=`, dattri `layer_name=`). Peak RSS is that
-of a fresh process running one piece (about 0.6 GiB of it is Python and torch).
+of a fresh process running one piece (about 0.6 GiB of it is Python and torch). A row without a time says why
+(not offered, opt-in, or its process died or ran past `peers.piece_timeout_s`); `docs/bench_peers.md` has the
+history of these runs and what each found.
 """
 
 
@@ -608,7 +610,11 @@ def assemble(workload: Path, paper: Path, out: Path, peers: Path | None = None,
     recurrent runs."""
     text = BENCHMARKS_INTRO.format(workload=workload.read_text(), paper=paper.read_text())
     if peers is not None:
-        text += PEERS_SECTION.format(peers=peers.read_text())
+        peer_table = peers.read_text()
+        if peer_table.startswith("**Partial"):
+            raise ValueError(f"{peers} is the partial table of a peer run that stopped: finish it first "
+                             "(scripts/bench_explainers.py --peers --out <it> --resume)")
+        text += PEERS_SECTION.format(peers=peer_table)
     if recurrent is not None:
         text += RECURRENT_SECTION.format(recurrent=recurrent.read_text())
     save_text(text, out)

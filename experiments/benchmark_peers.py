@@ -75,6 +75,7 @@ import logging
 import shutil
 import multiprocessing as mp
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,7 @@ class PeerWorkload:
     repeats: int
     fast_repeats: int
     slow_piece_s: float
+    piece_timeout_s: float
     seed: int
     exact_lambda: float | None = None  # set by exact_series from H's spectrum
     exact_scale: float | None = None  # set by exact_series from H's spectrum
@@ -527,17 +529,23 @@ def _worker(job: dict[str, Any], queue: Any) -> None:
         queue.put({"error": f"{type(error).__name__}: {error}"})
 
 
-def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
-    """:func:`run_piece` in a fresh spawned process, so that its peak memory is its own."""
+def run_isolated(job: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+    """:func:`run_piece` in a fresh spawned process, so that its peak memory is its own; a process still running
+    after ``timeout_s`` seconds is killed and reported as died (its row says so)."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_worker, args=(job, queue))
     process.start()
+    started = time.monotonic()
     while True:
         try:
             result = queue.get(timeout=1.0)
             break
         except Empty:
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                process.kill()
+                process.join()
+                return {"error": f"stopped after {timeout_s:g} s (peers.piece_timeout_s), unfinished", "died": True}
             if not process.is_alive():  # killed (the kernel's out-of-memory killer: exit code -9) or crashed
                 return {"error": f"its process died (exit code {process.exitcode}"
                                  + ("; killed, out of memory at this size)" if process.exitcode == -9 else ")"),
@@ -556,9 +564,14 @@ class PeerRow:
     passed: bool | None = None
 
 
+#: workload fields that change no result (left out of the journal's keys, so changing them keeps the kept pieces)
+UNKEYED = ("piece_timeout_s",)
+
+
 def _job_key(job: dict[str, Any]) -> str:
     """A name for one (piece, package, threads, isolation, workload) result in the journal folder."""
-    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    keyed = {**job, "workload": {k: v for k, v in job["workload"].items() if k not in UNKEYED}}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _run_journaled(job: dict[str, Any], isolate: bool, journal: Path | None) -> dict[str, Any]:
@@ -572,7 +585,7 @@ def _run_journaled(job: dict[str, Any], isolate: bool, journal: Path | None) -> 
         if "scores" in kept:
             kept["scores"] = kept["scores"].numpy()
         return kept
-    result = run_isolated(job) if isolate else run_piece(job)
+    result = run_isolated(job, job["workload"]["piece_timeout_s"]) if isolate else run_piece(job)
     if path is not None and ("error" not in result or result.get("died")):
         stored = dict(result)
         if "scores" in stored:

@@ -4,6 +4,7 @@ is tests/e2e/test_bench_script.py)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from experiments import benchmark
@@ -83,6 +84,11 @@ def test_the_tiny_recurrent_benchmark_checks_both_paths_against_a_loop(tmp_path)
                        peers=tmp_path / "peers.md", recurrent=tmp_path / "recurrent.md")
     assembled = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Recurrent models" in assembled and "| peers table |" in assembled and text.strip() in assembled
+    # a stopped peer run's partial table is refused
+    (tmp_path / "peers.md").write_text("**Partial table: ...**\n\n| peers table |\n")
+    with pytest.raises(ValueError, match="partial table"):
+        benchmark.assemble(tmp_path / "workload.md", tmp_path / "paper.md", tmp_path / "BENCHMARKS.md",
+                           peers=tmp_path / "peers.md")
 
 
 def test_median_time_takes_one_run_of_a_slow_piece_and_the_median_otherwise() -> None:
