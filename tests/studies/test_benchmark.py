@@ -12,8 +12,8 @@ from experiments import benchmark
 
 def test_memory_options_follow_the_experiment_configs() -> None:
     lstm = benchmark.memory_options("ecg_lstm_ae", "influence_functions")
-    assert lstm == {"chunk_size": 32, "vector_chunk_size": 4, "hvp_chunk_size": 100, "test_chunk_size": 256}
-    assert benchmark.memory_options("ecg_lstm_ae", "tracin") == {"chunk_size": 32}
+    assert lstm == {"chunk_size": 128, "vector_chunk_size": 4, "hvp_chunk_size": 100, "test_chunk_size": 256}
+    assert benchmark.memory_options("ecg_lstm_ae", "tracin") == {"chunk_size": 128}
     mnist = benchmark.memory_options("mnist_ae", "influence_functions")
     assert mnist["chunk_size"] == 256 and mnist["hvp_chunk_size"] is None
     assert set(benchmark.MEMORY_MODELS) == {"mnist_ae", "ecg_lstm_ae", "dsprites_beta_vae"}
