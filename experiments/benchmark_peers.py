@@ -72,8 +72,8 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import shutil
 import multiprocessing as mp
+import shutil
 import tempfile
 import time
 from collections.abc import Callable

@@ -32,9 +32,12 @@ MODEL = "ecg_lstm_ae"
 
 
 def main(argv: list[str] | None = None) -> str:
-    examples = OmegaConf.load(CONFIGS / "experiment" / "ecg5000_consistency.yaml").protocol.examples
+    experiment = OmegaConf.load(CONFIGS / "experiment" / "ecg5000_consistency.yaml")
+    examples, trainer = experiment.protocol.examples, experiment.trainer
+    most_checkpoints = trainer.epochs // trainer.checkpoint_every  # one every checkpoint_every of up to epochs
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoints", type=int, default=15, help="TracIn checkpoints (default: the maximum, 15)")
+    parser.add_argument("--checkpoints", type=int, default=most_checkpoints,
+                        help=f"TracIn checkpoints (default: the training schedule's maximum, {most_checkpoints})")
     parser.add_argument("--n-train", type=int, default=2 * examples.train_per_class)
     parser.add_argument("--n-test", type=int, default=2 * examples.test_per_class)
     parser.add_argument("--arnoldi-steps", type=int, default=None, help="default: the explainer config's (100)")
