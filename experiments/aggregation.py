@@ -16,6 +16,7 @@ finished run are listed as missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -23,11 +24,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hashlib
-
 import pandas as pd
 from omegaconf import OmegaConf
 
+from experiments.config import without_later_defaults
 from labelfree.io import atomic_path, save_csv, save_json, save_text
 from labelfree.plots import dataset_label, save_figure
 
@@ -81,8 +81,9 @@ def _neutral(key: str) -> bool:
 
 
 def run_config(run_dir: Path) -> dict[str, object]:
-    """The run's resolved config (``config.yaml``) flattened to dotted keys, without :data:`NEUTRAL_KEYS`."""
-    flat = _flatten(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    """The run's resolved config (``config.yaml``) flattened to dotted keys, without :data:`NEUTRAL_KEYS` (nor
+    :data:`~experiments.config.LATER_DEFAULTS` at their defaults)."""
+    flat = _flatten(without_later_defaults(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))))
     return {k: v for k, v in flat.items() if not _neutral(k)}
 
 

@@ -28,7 +28,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 
-from experiments.config import container
+from experiments.config import container, without_later_defaults
 from labelfree.data.splits import DataSplits
 from labelfree.guards import nonfinite_entries
 from labelfree.io import fingerprint_files, load_torch, move_aside, remove_stale_tmp, save_json, save_torch
@@ -45,9 +45,9 @@ def model_cache_key(cfg: DictConfig, variant: str = "default", model_cfg: DictCo
                     trainer_cfg: DictConfig | None = None, data_files: Sequence[Mapping[str, Any]] | None = None) -> str:
     """A hash of everything that determines the trained weights: data (its config, split variant and, with
     ``data_files``, the fingerprints of the files read: :func:`labelfree.io.fingerprint_files`), model,
-    trainer, seed, device."""
+    trainer, seed, device (without :data:`~experiments.config.LATER_DEFAULTS` at their defaults)."""
     dataset = {k: v for k, v in container(cfg.dataset).items() if k != "download"}
-    payload: dict[str, Any] = {
+    payload: dict[str, Any] = without_later_defaults({
         "format": CACHE_FORMAT,
         "dataset": dataset,
         "variant": variant,
@@ -55,7 +55,7 @@ def model_cache_key(cfg: DictConfig, variant: str = "default", model_cfg: DictCo
         "trainer": container(cfg.trainer if trainer_cfg is None else trainer_cfg),
         "seed": int(cfg.seed),
         "device": resolve_device(cfg.device).type,
-    }
+    })
     if data_files is not None:
         payload["data_files"] = [dict(entry) for entry in data_files]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

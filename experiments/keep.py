@@ -30,7 +30,9 @@ def keep(runs: Path, to: Path) -> list[Path]:
     for summary in runs.rglob(SUMMARY):
         sources += [path for pattern in KEPT for path in summary.parent.glob(pattern)]
     written: list[Path] = []
-    for source in sorted(sources):
+    # each run's summary.json last: a copy cut short (or a commit taken meanwhile) never holds a summary whose
+    # tables are missing, and a run without its summary is not yet a finished run
+    for source in sorted(sources, key=lambda path: (path.parent, path.name == SUMMARY, path)):
         target = to / source.relative_to(runs)
         if not target.exists() or target.read_bytes() != source.read_bytes():
             written.append(copy_file(source, target))

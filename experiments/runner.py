@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.config import container
+from experiments.config import container, same_config
 from experiments.schema import check_config
 from experiments.studies import study_for
 from experiments.tracking import make_tracker
@@ -58,9 +58,10 @@ _TQDM_INIT: dict[str, Any] = {}
 
 
 def _finished_summary(run_dir: Path, resolved_config: str) -> dict[str, Any] | None:
-    """The summary of a run that already finished in ``run_dir`` with exactly this config, else None."""
+    """The summary of a run that already finished in ``run_dir`` with this config (equal up to
+    :data:`~experiments.config.LATER_DEFAULTS`), else None."""
     summary, config = run_dir / "summary.json", run_dir / "config.yaml"
-    if not (summary.exists() and config.exists()) or config.read_text() != resolved_config:
+    if not (summary.exists() and config.exists()) or not same_config(config.read_text(), resolved_config):
         return None
     try:
         return json.loads(summary.read_text())

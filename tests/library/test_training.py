@@ -142,3 +142,23 @@ def test_evaluate_restores_every_submodule_mode():
     assert [m.training for m in model.modules()] == modes
     model.represent(val_x, batch_size=16)
     assert [m.training for m in model.modules()] == modes
+
+
+def test_channels_last_trains_the_same_model_to_rounding_and_resumes_exactly(tmp_path):
+    """trainer.channels_last: NHWC convolutions while training, the default layout afterwards; a resumed
+    channels-last run equals an uninterrupted one bitwise (the same layout on both paths)."""
+    train_x, val_x = small_data()
+    plain, nhwc = make_model(), make_model()
+    train(plain, train_x, val_x, TrainConfig(epochs=2, batch_size=32), seed=4)
+    config = TrainConfig(epochs=2, batch_size=32, checkpoint_every=1, channels_last=True)
+    train(nhwc, train_x, val_x, config, seed=4, checkpoint_dir=tmp_path / "full")
+    for key, value in plain.state_dict().items():
+        other = nhwc.state_dict()[key]
+        assert other.is_contiguous(), f"{key} left in channels-last layout after training"
+        torch.testing.assert_close(other, value, rtol=1e-3, atol=1e-4)
+    part = make_model()
+    train(part, train_x, val_x, dataclasses.replace(config, epochs=1), seed=4, checkpoint_dir=tmp_path / "part")
+    resumed = make_model(seed=99)
+    train(resumed, train_x, val_x, config, seed=4, checkpoint_dir=tmp_path / "part")
+    for key, value in nhwc.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key

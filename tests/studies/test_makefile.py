@@ -70,3 +70,20 @@ def test_the_paper_queue_lists_the_cpu_runs_and_keeps_each():
     assert len(started) == 6 + 2 + 5 + 1 + 30  # MNIST 3 seeds x 2 checks, ECG 2, pretext 5, ROAR 1, MNIST VAEs 30
     assert not any("cifar10" in s or "dsprites" in s for s in started)
     assert out.count("make keep SCALE=paper") == len(started)
+
+
+def test_paper_queue_lanes_split_the_matching_units_and_bad_lanes_are_refused():
+    def started(lane: str) -> list[str]:
+        out = subprocess.run(["bash", "scripts/paper_queue.sh"], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={"PATH": "/usr/bin:/bin", "MAKE_CMD": "echo make", "HOME": str(ROOT),
+                                  "ONLY": "mnist_pretext|mnist_roar", "LANE": lane}).stdout
+        return [line.split("start: ", 1)[1] for line in out.splitlines() if "start: " in line]
+
+    every = started("0/1")
+    lanes = [started("0/2"), started("1/2")]
+    assert len(every) == 6 and sorted(lanes[0] + lanes[1]) == sorted(every)
+    assert lanes[0] == every[0::2] and lanes[1] == every[1::2]
+    for bad in ("2/2", "1", "0/0", "a/b"):
+        refused = subprocess.run(["bash", "scripts/paper_queue.sh"], cwd=ROOT, capture_output=True, text=True,
+                                 env={"PATH": "/usr/bin:/bin", "MAKE_CMD": "echo make", "LANE": bad})
+        assert refused.returncode == 2 and "LANE must be k/N" in refused.stderr

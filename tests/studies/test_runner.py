@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from experiments.runner import run
 
@@ -116,3 +117,29 @@ def test_flush_denormals_is_set_for_the_run_and_restored():
     assert (tiny * 1.0).item() != 0.0  # restored afterwards
     with flush_denormals(False):
         assert (tiny * 1.0).item() != 0.0
+
+
+def test_a_key_added_later_at_its_default_keeps_older_runs_matching(compose_config, tmp_path):
+    """LATER_DEFAULTS: a run whose config.yaml predates trainer.channels_last still skips, caches and stacks
+    as the same config while the key holds its default; any other value is a different config."""
+    from experiments.aggregation import config_id, run_config
+    from experiments.cache import model_cache_key
+    from experiments.config import LATER_DEFAULTS, same_config
+
+    assert LATER_DEFAULTS == {"trainer.channels_last": False}
+    cfg = compose_config("experiment=mnist_consistency", "scale=smoke")
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    older = OmegaConf.to_container(cfg, resolve=True)
+    del older["trainer"]["channels_last"]
+    older_text = OmegaConf.to_yaml(OmegaConf.create(older))
+    assert same_config(older_text, text)
+    assert model_cache_key(cfg) == model_cache_key(OmegaConf.create(older))
+    on = compose_config("experiment=mnist_consistency", "scale=smoke", "trainer.channels_last=true")
+    assert not same_config(older_text, OmegaConf.to_yaml(on, resolve=True))
+    assert model_cache_key(on) != model_cache_key(cfg)
+    ids = []
+    for name, text_ in (("old", older_text), ("new", text), ("on", OmegaConf.to_yaml(on, resolve=True))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(text_)
+        ids.append(config_id(run_config(tmp_path / name), "cpu"))
+    assert ids[0] == ids[1] != ids[2]
