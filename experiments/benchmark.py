@@ -37,6 +37,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -45,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -192,6 +194,39 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Isolated:
+    """What a job run in its own process gave: its ``result``, or None with the process's ``exitcode`` (it died:
+    -9 is the kernel's out-of-memory killer) or ``timed_out`` (killed after the timeout)."""
+
+    result: Any = None
+    exitcode: int | None = None
+    timed_out: bool = False
+
+
+def run_in_process(target: Callable[[Any, Any], None], job: Any, timeout_s: float | None = None) -> Isolated:
+    """``target(job, queue)`` in a fresh spawned process, so that its peak memory is its own; ``target`` puts one
+    result on ``queue``. A process still running after ``timeout_s`` seconds is killed."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(job, queue))
+    process.start()
+    started = time.monotonic()
+    while True:
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if timeout_s is not None and time.monotonic() - started > timeout_s:
+                process.kill()
+                process.join()
+                return Isolated(timed_out=True, exitcode=process.exitcode)
+            if not process.is_alive():
+                return Isolated(exitcode=process.exitcode)
+    process.join()
+    return Isolated(result=result)
 
 
 def median_time(fn: Callable[[], Any], repeats: int, fast_repeats: int = 0,

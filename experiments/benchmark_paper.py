@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import torch
@@ -33,6 +31,7 @@ from experiments.benchmark import (
     memory_options,
     paper_lissa,
     rowwise_spearman,
+    run_in_process,
     spearman,
 )
 from labelfree.attribution.examples import build_example_explainer
@@ -81,18 +80,10 @@ def _paper_worker(job: dict[str, Any], queue: Any) -> None:
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run ``job`` in a fresh spawned process, so that its peak memory is its own."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_paper_worker, args=(job, queue))
-    process.start()
-    while True:
-        try:
-            result = queue.get(timeout=1.0)
-            break
-        except Empty:
-            if not process.is_alive():
-                raise RuntimeError(f"benchmark job {job['model']}/{job['explainer']} died (exit code {process.exitcode})")
-    process.join()
+    done = run_in_process(_paper_worker, job)
+    if done.result is None:
+        raise RuntimeError(f"benchmark job {job['model']}/{job['explainer']} died (exit code {done.exitcode})")
+    result = done.result
     log.info("%-18s %-20s %9.1f s, peak RSS %.2f GiB (%.2f GiB before the explainer)", job["model"],
              job["explainer"], result["seconds"], result["peak_rss_gib"], result["rss_before_gib"])
     return result

@@ -72,14 +72,12 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import multiprocessing as mp
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import torch
@@ -99,6 +97,7 @@ from experiments.benchmark import (
     make_model,
     paper_lissa,
     ranked_alike,
+    run_in_process,
     spearman,
 )
 from labelfree.attribution.examples import Arnoldi, Exact, InfluenceFunctions, Objective, TracIn
@@ -532,26 +531,14 @@ def _worker(job: dict[str, Any], queue: Any) -> None:
 def run_isolated(job: dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
     """:func:`run_piece` in a fresh spawned process, so that its peak memory is its own; a process still running
     after ``timeout_s`` seconds is killed and reported as died (its row says so)."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_worker, args=(job, queue))
-    process.start()
-    started = time.monotonic()
-    while True:
-        try:
-            result = queue.get(timeout=1.0)
-            break
-        except Empty:
-            if timeout_s is not None and time.monotonic() - started > timeout_s:
-                process.kill()
-                process.join()
-                return {"error": f"stopped after {timeout_s:g} s (peers.piece_timeout_s), unfinished", "died": True}
-            if not process.is_alive():  # killed (the kernel's out-of-memory killer: exit code -9) or crashed
-                return {"error": f"its process died (exit code {process.exitcode}"
-                                 + ("; killed, out of memory at this size)" if process.exitcode == -9 else ")"),
-                        "died": True}
-    process.join()
-    return result
+    done = run_in_process(_worker, job, timeout_s)
+    if done.timed_out:
+        return {"error": f"stopped after {timeout_s:g} s (peers.piece_timeout_s), unfinished", "died": True}
+    if done.result is None:  # killed (the kernel's out-of-memory killer: exit code -9) or crashed
+        return {"error": f"its process died (exit code {done.exitcode}"
+                         + ("; killed, out of memory at this size)" if done.exitcode == -9 else ")"),
+                "died": True}
+    return done.result
 
 
 @dataclass
