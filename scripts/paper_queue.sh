@@ -46,7 +46,7 @@ UNITS+=("mnist_roar seed 1|60|roar ROAR_SEEDS=1")
 for seed in 1 2 3 4 5; do
   for model in beta_vae tc_vae; do
     for beta in 1 5 10; do
-      UNITS+=("mnist_disvae $model beta=$beta seed $seed|50|disvae DISVAE_EXPERIMENTS=mnist_disvae DISVAE_MODELS=$model DISVAE_BETAS=$beta DISVAE_SEEDS=$seed")
+      UNITS+=("mnist_disvae $model beta=$beta seed $seed|43|disvae DISVAE_EXPERIMENTS=mnist_disvae DISVAE_MODELS=$model DISVAE_BETAS=$beta DISVAE_SEEDS=$seed")
     done
   done
 done
