@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,13 +37,25 @@ RULES = Path(__file__).resolve().parents[1] / "configs" / "claims.yaml"
 
 
 def report_rules(path: Path = RULES) -> dict:
-    """The report's own rules: ``fallback`` (scale -> scale whose evidence stands in) and ``needs_gpu``."""
+    """The report's own rules: ``fallback`` (scale -> scale whose evidence stands in), ``needs_gpu`` and
+    ``method_notes`` (method -> what a reader must know about the rows that measured it)."""
     node = container(OmegaConf.load(path)).get("report") or {}
     fallback = node.get("fallback", {})
     unknown = sorted((set(fallback) | set(fallback.values())) - set(SCALES))
     if unknown:
         raise ValueError(f"{path}: report.fallback names unknown scales {unknown}; accepted: {list(SCALES)}")
-    return {"fallback": dict(fallback), "needs_gpu": list(node.get("needs_gpu", []))}
+    return {"fallback": dict(fallback), "needs_gpu": list(node.get("needs_gpu", [])),
+            "method_notes": {str(k): str(v) for k, v in (node.get("method_notes") or {}).items()}}
+
+
+def with_method_notes(claims: Sequence[Claim], notes: dict[str, str]) -> list[Claim]:
+    """``claims`` with the note of each method in ``notes`` added to every row whose measured text names it
+    (as a whole word: ``influence_functions`` does not match ``influence_functions_arnoldi``)."""
+    out = []
+    for claim in claims:
+        extra = [note for method, note in notes.items() if re.search(rf"(?<!\w){re.escape(method)}(?!\w)", claim.measured)]
+        out.append(replace(claim, note="; ".join([claim.note, *extra] if claim.note else extra)) if extra else claim)
+    return out
 
 
 def with_fallback(claims: Sequence[Claim], scale: str, fallback: Sequence[Claim], fallback_scale: str,
@@ -160,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.scale in extra["fallback"]:
         other = extra["fallback"][args.scale]
         claims = with_fallback(claims, args.scale, collect_claims(results, other), other, extra["needs_gpu"])
+    claims = with_method_notes(claims, extra["method_notes"])
     out = Path(args.out) if args.out else report_path(results, args.scale)
     save_text(render(claims, args.scale, runs_read(results, args.scale)), out)
     for c in claims:

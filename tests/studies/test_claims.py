@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from experiments import report
-from experiments.claims import FAILS, HOLDS, INCOMPLETE, INCONCLUSIVE, NOT_RUN, Inequality, decide
+from experiments.claims import FAILS, HOLDS, INCOMPLETE, INCONCLUSIVE, NOT_RUN, Claim, Inequality, decide
 from experiments.studies import consistency, disvae, pretext, roar
 
 RULES = report.load_rules()
@@ -272,3 +272,13 @@ def test_report_fallback_names_known_scales(tmp_path):
     path.write_text("report:\n  fallback: {paper: huge}\n")
     with pytest.raises(ValueError, match="huge"):
         report.report_rules(path)
+
+
+def test_rows_that_measured_arnoldi_say_it_estimates_the_papers_lissa():
+    notes = report.report_rules()["method_notes"]
+    assert "expectation of the paper's depth-100 LiSSA" in notes["influence_functions_arnoldi"]
+    rows = [Claim("a", "p", "influence_functions_arnoldi at M=5%: 0.36 vs 0.23", note="one seed"),
+            Claim("b", "p", "influence_functions at M=5%: 0.36 vs 0.23")]
+    marked = report.with_method_notes(rows, notes)
+    assert marked[0].note.startswith("one seed; influence functions by the Arnoldi solver")
+    assert marked[1].note == "", "plain influence functions (LiSSA, the paper's solver) get no note"
