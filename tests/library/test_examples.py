@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 
 import hydra.utils
@@ -23,6 +24,7 @@ from labelfree.attribution.examples import (
     Exact,
     InfluenceFunctions,
     LiSSA,
+    LiSSADivergenceError,
     Objective,
     RandomExampleImportance,
     SimplEx,
@@ -615,6 +617,29 @@ def test_influence_functions_divergence_is_reported() -> None:
     explainer = InfluenceFunctions(Objective(model), LiSSA(scale=1e-3, depth=2000, batch_size=2)).fit(train_x)
     with pytest.raises(RuntimeError, match="diverged"):
         explainer.attribute(train_x)
+
+
+class NegativeCurvatureModel(ConstantHessianModel):
+    """The same probes, the loss negated and scaled: a constant negative-definite Hessian (eigenvalues in the
+    hundreds to thousands, like those of the trained ECG5000 LSTM's L1 loss)."""
+
+    def pretext_loss(self, x: Tensor, y: Tensor | None = None, perturb: bool = False) -> Tensor:
+        return -1000.0 * super().pretext_loss(x, y, perturb)
+
+
+@pytest.mark.parametrize("solver", [Exact(), Arnoldi(iterations=8, rank=8)])
+def test_expected_lissa_refuses_negative_curvature_that_swamps_it(solver) -> None:
+    """At the paper's damping 1e-3, scale 1000, depth 100, an eigenvalue far below -damping * scale makes the
+    recursion grow along it beyond the float precision: a clear error naming it and what converges."""
+    torch.manual_seed(0)
+    model = NegativeCurvatureModel()
+    train_x = torch.randn(5, 2)
+    with pytest.raises(LiSSADivergenceError, match=r"eigenvalue -\d.*e\.g\. damping 1 and scale (\d+)") as caught:
+        InfluenceFunctions(Objective(model), solver).fit(train_x)
+    suggested = int(re.search(r"damping 1 and scale (\d+)", str(caught.value)).group(1))
+    fixed = dataclasses.replace(solver, damping=1.0, scale=float(suggested))
+    scores = InfluenceFunctions(Objective(model), fixed).fit(train_x).attribute(train_x)
+    assert torch.isfinite(scores).all()
 
 
 # ----------------------------------------------------------------------------------------------

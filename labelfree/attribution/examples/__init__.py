@@ -45,6 +45,7 @@ from labelfree.attribution.examples.registry import (
     requires_loss,
 )
 from labelfree.attribution.examples.representation import DKNN, SimplEx
+from labelfree.attribution.examples.solvers import LiSSADivergenceError
 from labelfree.attribution.examples.shards import attribute_shard, merge_shards, shard_bounds
 from labelfree.attribution.examples.tracin import CheckpointLike, TracIn, load_checkpoint
 from labelfree.training import Checkpoint
@@ -61,6 +62,7 @@ __all__ = [
     "InfluenceFunctions",
     "InverseHessianSolver",
     "LiSSA",
+    "LiSSADivergenceError",
     "LossBasedImportance",
     "LossFn",
     "Objective",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
@@ -28,12 +29,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("labelfree.attribution.examples.influence")  # one logger for the explainer and its solvers
 
-__all__ = ["Arnoldi", "Exact", "InverseHessianEstimate", "InverseHessianSolver", "LiSSA"]
+__all__ = ["Arnoldi", "Exact", "InverseHessianEstimate", "InverseHessianSolver", "LiSSA", "LiSSADivergenceError"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Solvers
 # ----------------------------------------------------------------------------------------------
+
+
+class LiSSADivergenceError(RuntimeError):
+    """The LiSSA series (or its expectation) diverges on the model's Hessian at the solver's settings."""
 
 
 class InverseHessianEstimate(ABC):
@@ -77,6 +82,38 @@ class InverseHessianSolver(ABC):
         safe = (1.0 - a).abs() > 1e-12
         geometric = torch.where(safe, (1.0 - a.pow(terms)) / torch.where(safe, 1.0 - a, 1.0), torch.full_like(a, terms))
         return geometric / self.scale
+
+    def check_expectation(self, eigenvalues: Tensor, dtype: torch.dtype) -> None:
+        """Refuse an expected estimate ``phi(H) v`` that diverging directions swamp.
+
+        Along an eigenvalue mu the recursion multiplies by ``a = 1 - damping - mu / scale``; it converges to the
+        damped inverse only where ``|a| < 1``, i.e. ``-damping * scale < mu < (2 - damping) * scale``. Elsewhere
+        (negative curvature below ``-damping * scale``, or mu above ``(2 - damping) * scale``) it grows as
+        ``|a|^(depth + 1)``; once that exceeds ``1 / eps`` of ``dtype`` every converging direction is below the
+        estimate's precision, so the "inverse-Hessian product" is that one direction (or overflows). Raises
+        :class:`LiSSADivergenceError` naming the eigenvalue and the settings that would converge.
+        """
+        a = 1.0 - self.damping - eigenvalues.double() / self.scale
+        growth = a.abs().pow(self.depth + 1)
+        limit = 1.0 / torch.finfo(dtype).eps
+        worst = int(growth.argmax()) if len(growth) else 0
+        if not len(growth) or float(growth[worst]) <= limit:
+            return
+        mu, factor = float(eigenvalues[worst]), float(a[worst].abs())
+        if mu < 0:  # converges once damping * scale > |mu|, with damping < 2 so that mu = 0 still converges
+            fix = (f"damping * scale above {-mu:.4g} with damping below 2 (e.g. damping 1 and scale "
+                   f"{math.ceil(-mu * 1.01):d}, a strongly damped inverse (H + damping * scale * I)^-1)")
+        else:
+            fix = f"a scale above {mu / (2.0 - self.damping):.4g}"
+        raise LiSSADivergenceError(
+            f"the depth-{self.depth} LiSSA recursion (damping {self.damping:g}, scale {self.scale:g}) diverges on "
+            f"this Hessian: it has the eigenvalue {mu:.4g}, along which each step multiplies by "
+            f"|1 - damping - mu / scale| = {factor:.4g}, {float(growth[worst]):.3g} over the recursion, beyond "
+            f"{dtype}'s 1 / eps = {limit:.3g}: the estimate would be that one direction, not H^-1 v. The recursion "
+            f"converges only for eigenvalues in ({-self.damping * self.scale:.3g}, "
+            f"{(2.0 - self.damping) * self.scale:.3g}). Accepted: {fix}, or influence functions left out of the "
+            "explainers"
+        )
 
     @abstractmethod
     def fit(self, hessian: TrainingHessian, seed: int) -> InverseHessianEstimate:
@@ -133,9 +170,12 @@ class _LiSSAEstimate(InverseHessianEstimate):
                 hessian_h = self.hessian.sampled_product(index, h)
                 h = v + (1.0 - solver.damping) * h - hessian_h / solver.scale
                 if not torch.isfinite(h).all():
-                    raise RuntimeError(
-                        "LiSSA diverged (non-finite estimate): the largest Hessian eigenvalue exceeds what "
-                        f"scale={solver.scale} allows; increase scale (or damping)"
+                    raise LiSSADivergenceError(
+                        "LiSSA diverged (non-finite estimate): the Hessian has an eigenvalue outside "
+                        f"({-solver.damping * solver.scale:.3g}, {(2.0 - solver.damping) * solver.scale:.3g}), where "
+                        f"the recursion converges at damping={solver.damping:g}, scale={solver.scale:g}: a "
+                        "large one (increase scale) or negative curvature (increase damping or scale); the Arnoldi "
+                        "solver names the eigenvalue"
                     )
             estimate += h / solver.scale
         return estimate / solver.repeats
@@ -228,6 +268,7 @@ class Arnoldi(InverseHessianSolver):
         ritz_values = values[keep].to(device=device, dtype=basis.dtype)
         if self.estimand == "truncated_inverse":
             return _TruncatedInverse(self, ritz_values, ritz_vectors)
+        self.check_expectation(values[keep], dtype)
         return _RitzEstimate(self, ritz_values, ritz_vectors)
 
 
@@ -271,6 +312,7 @@ class Exact(InverseHessianSolver):
         values, vectors = torch.linalg.eigh(((matrix + matrix.T) / 2).double())
         logger.info("InfluenceFunctions (exact): %d eigenvalues from %.3g to %.3g", n_params, float(values.min()),
                     float(values.max()))
+        self.check_expectation(values, objective.dtype)
         return _RitzEstimate(self, values.to(identity), vectors.to(identity))
 
 
