@@ -59,7 +59,7 @@ commit_kept() {
     return 0
   fi
   for _ in 1 2 3 4 5; do  # another commit may hold the index for a moment
-    if git commit -q -m "Paper-scale run kept: $name ($((seconds / 60)) min on $(nproc) CPU cores)" -- results/runs; then
+    if git commit -q -m "Paper-scale run kept: $name ($((seconds / 60)) min, ${OMP_NUM_THREADS:-default} torch threads on $(nproc --all) CPU cores)" -- results/runs; then
       return 0
     fi
     sleep 5
