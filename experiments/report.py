@@ -38,14 +38,27 @@ RULES = Path(__file__).resolve().parents[1] / "configs" / "claims.yaml"
 
 def report_rules(path: Path = RULES) -> dict:
     """The report's own rules: ``fallback`` (scale -> scale whose evidence stands in), ``needs_gpu`` and
-    ``method_notes`` (method -> what a reader must know about the rows that measured it)."""
+    ``method_notes`` (method -> what a reader must know about the rows that measured it) and ``claim_notes``
+    (scale -> claim -> why something the claim names is missing there)."""
     node = container(OmegaConf.load(path)).get("report") or {}
     fallback = node.get("fallback", {})
     unknown = sorted((set(fallback) | set(fallback.values())) - set(SCALES))
     if unknown:
         raise ValueError(f"{path}: report.fallback names unknown scales {unknown}; accepted: {list(SCALES)}")
     return {"fallback": dict(fallback), "needs_gpu": list(node.get("needs_gpu", [])),
-            "method_notes": {str(k): str(v) for k, v in (node.get("method_notes") or {}).items()}}
+            "method_notes": {str(k): str(v) for k, v in (node.get("method_notes") or {}).items()},
+            "claim_notes": {str(scale): {str(k): str(v) for k, v in (notes or {}).items()}
+                            for scale, notes in (node.get("claim_notes") or {}).items()}}
+
+
+def with_claim_notes(claims: Sequence[Claim], notes: dict[str, str], scale: str) -> list[Claim]:
+    """``claims`` with ``notes[claim name]`` added to the note of each named claim run at ``scale`` (not to a row
+    that shows another scale's evidence). A note naming no claim is an error (a renamed claim, a typo)."""
+    unknown = sorted(set(notes) - {c.claim for c in claims})
+    if unknown:
+        raise ValueError(f"report.claim_notes.{scale} names claims that do not exist: {unknown}")
+    return [replace(c, note="; ".join(n for n in (c.note, notes[c.claim]) if n))
+            if c.claim in notes and c.verdict != NOT_RUN and c.scale in ("", scale) else c for c in claims]
 
 
 def with_method_notes(claims: Sequence[Claim], notes: dict[str, str]) -> list[Claim]:
@@ -174,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         other = extra["fallback"][args.scale]
         claims = with_fallback(claims, args.scale, collect_claims(results, other), other, extra["needs_gpu"])
     claims = with_method_notes(claims, extra["method_notes"])
+    claims = with_claim_notes(claims, extra["claim_notes"].get(args.scale, {}), args.scale)
     out = Path(args.out) if args.out else report_path(results, args.scale)
     save_text(render(claims, args.scale, runs_read(results, args.scale)), out)
     for c in claims:

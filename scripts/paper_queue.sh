@@ -13,6 +13,8 @@
 # the MNIST autoencoder 1.8x and the ECG5000 LSTM 2x faster in total than one 2-thread queue, the Burgess VAE 1.1x
 # (docs/NOTEBOOK.md). Lanes commit one at a time (git's index lock; retried). CIFAR-10 and dSprites are not here:
 # they need a GPU (README, time table).
+# Edit this file by replacing it (write a copy, then mv), never in place while a queue runs: bash reads a script
+# as it goes, and a queue running an edited file fails with a syntax error where it continues.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MAKE_CMD=${MAKE_CMD:-make}
@@ -26,7 +28,9 @@ if [[ ! $LANE =~ ^([0-9]+)/([1-9][0-9]*)$ ]] || (( BASH_REMATCH[1] >= BASH_REMAT
 fi
 LANE_K=${BASH_REMATCH[1]}
 LANE_N=${BASH_REMATCH[2]}
-ARNOLDI='protocol.examples.explainers=[influence_functions_arnoldi,tracin,simplex,dknn]'
+# ECG5000 examples without influence functions: on the trained LSTM the paper's LiSSA (and its expectation, the
+# Arnoldi solver) diverges, the Hessian having an eigenvalue of about -2466 (docs/ecg5000_influence.md)
+ECG_EXAMPLES='protocol.examples.explainers=[tracin,simplex,dknn]'
 
 # name | estimated minutes on 2 CPU cores | make arguments
 UNITS=(
@@ -37,7 +41,7 @@ UNITS=(
   "mnist_consistency features seed 3|25|consistency-features CONSISTENCY=mnist_consistency:3"
   "mnist_consistency examples seed 3|90|consistency-examples CONSISTENCY=mnist_consistency:3"
   "ecg5000_consistency features seed 42|40|consistency-features CONSISTENCY=ecg5000_consistency:42"
-  "ecg5000_consistency examples seed 42 (Arnoldi)|80|consistency-examples CONSISTENCY=ecg5000_consistency:42 OVERRIDES=$ARNOLDI"
+  "ecg5000_consistency examples seed 42 (no influence functions)|60|consistency-examples CONSISTENCY=ecg5000_consistency:42 OVERRIDES=$ECG_EXAMPLES"
 )
 for seed in 1 2 3 4 5; do
   UNITS+=("mnist_pretext seed $seed|48|pretext PRETEXT_SEEDS=$seed")

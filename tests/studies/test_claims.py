@@ -282,3 +282,16 @@ def test_rows_that_measured_arnoldi_say_it_estimates_the_papers_lissa():
     marked = report.with_method_notes(rows, notes)
     assert marked[0].note.startswith("one seed; influence functions by the Arnoldi solver")
     assert marked[1].note == "", "plain influence functions (LiSSA, the paper's solver) get no note"
+
+
+def test_claim_notes_reach_only_rows_run_at_their_scale_and_must_name_a_claim():
+    notes = report.report_rules()["claim_notes"]["paper"]
+    assert "LiSSA" in notes["Example consistency, ECG5000"]
+    rows = [Claim("Example consistency, ECG5000", "p", "tracin at M=5%: 0.6 vs 0.5", verdict=INCOMPLETE,
+                  note="influence_functions not measured", scale="paper"),
+            Claim("Example consistency, ECG5000", "p", "m", verdict=HOLDS, scale="quick")]
+    marked = report.with_claim_notes(rows, notes, "paper")
+    assert marked[0].note.startswith("influence_functions not measured; influence functions are left out")
+    assert marked[1].note == "", "a row borrowed from quick scale does not get the paper-scale note"
+    with pytest.raises(ValueError, match="do not exist"):
+        report.with_claim_notes(rows, {"Example consistency, ECG": "typo"}, "paper")
