@@ -117,7 +117,7 @@ def timing_table(frame: pd.DataFrame, estimates: dict[str, dict[str, Any]]) -> p
                 "range": f"{_minutes(seconds.min())}-{_minutes(seconds.max())}",
                 "total hours": f"{seconds.sum() / 3600:.2f}",
                 "device": "/".join(sorted(set(runs["device"].astype(str))))
-                          + (f", {'/'.join(map(str, threads))} threads" if threads else ""),
+                          + (f", {'/'.join(map(str, threads))} thread{'' if threads == [1] else 's'}" if threads else ""),
             })
     for key, estimate in sorted(estimates.items()):
         if key in measured:
