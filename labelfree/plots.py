@@ -154,12 +154,15 @@ def plot_roar(results: pd.DataFrame, title: str = "") -> Figure:
 
 
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
-    """Save ``fig`` as ``stem.png`` (README) and ``stem.pdf`` (papers), atomically; close it."""
+    """Save ``fig`` as ``stem.png`` (README) and ``stem.pdf`` (papers), atomically and byte-for-byte reproducibly;
+    close it."""
     paths = []
     for suffix in (".png", ".pdf"):
         path = Path(stem).with_suffix(suffix)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=suffix[1:], dpi=DPI)
+            # no creation date in the PDF: the same figure gives the same bytes, so a regenerated report changes
+            # only the figures whose content changed
+            fig.savefig(tmp, format=suffix[1:], dpi=DPI, metadata={"CreationDate": None} if suffix == ".pdf" else None)
         paths.append(path)
     plt.close(fig)
     return paths
