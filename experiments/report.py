@@ -51,24 +51,28 @@ def report_rules(path: Path = RULES) -> dict:
                             for scale, notes in (node.get("claim_notes") or {}).items()}}
 
 
+def _noted(claim: Claim, *notes: str) -> Claim:
+    """``claim`` with ``notes`` appended to its note (``"; "``-separated)."""
+    return replace(claim, note="; ".join(n for n in (claim.note, *notes) if n))
+
+
 def with_claim_notes(claims: Sequence[Claim], notes: dict[str, str], scale: str) -> list[Claim]:
     """``claims`` with ``notes[claim name]`` added to the note of each named claim run at ``scale`` (not to a row
     that shows another scale's evidence). A note naming no claim is an error (a renamed claim, a typo)."""
     unknown = sorted(set(notes) - {c.claim for c in claims})
     if unknown:
         raise ValueError(f"report.claim_notes.{scale} names claims that do not exist: {unknown}")
-    return [replace(c, note="; ".join(n for n in (c.note, notes[c.claim]) if n))
-            if c.claim in notes and c.verdict != NOT_RUN and c.scale in ("", scale) else c for c in claims]
+    return [_noted(c, notes[c.claim]) if c.claim in notes and c.verdict != NOT_RUN and c.scale in ("", scale) else c
+            for c in claims]
 
 
 def with_method_notes(claims: Sequence[Claim], notes: dict[str, str]) -> list[Claim]:
     """``claims`` with the note of each method in ``notes`` added to every row whose measured text names it
     (as a whole word: ``influence_functions`` does not match ``influence_functions_arnoldi``)."""
-    out = []
-    for claim in claims:
-        extra = [note for method, note in notes.items() if re.search(rf"(?<!\w){re.escape(method)}(?!\w)", claim.measured)]
-        out.append(replace(claim, note="; ".join([claim.note, *extra] if claim.note else extra)) if extra else claim)
-    return out
+    def named(method: str, text: str) -> bool:
+        return re.search(rf"(?<!\w){re.escape(method)}(?!\w)", text) is not None
+
+    return [_noted(c, *(note for method, note in notes.items() if named(method, c.measured))) for c in claims]
 
 
 def with_fallback(claims: Sequence[Claim], scale: str, fallback: Sequence[Claim], fallback_scale: str,

@@ -96,9 +96,9 @@ class InverseHessianSolver(ABC):
         a = 1.0 - self.damping - eigenvalues.double() / self.scale
         growth = a.abs().pow(self.depth + 1)
         limit = 1.0 / torch.finfo(dtype).eps
-        worst = int(growth.argmax()) if len(growth) else 0
-        if not len(growth) or float(growth[worst]) <= limit:
+        if not len(growth) or float(growth.max()) <= limit:
             return
+        worst = int(growth.argmax())
         mu, factor = float(eigenvalues[worst]), float(a[worst].abs())
         if mu < 0:  # converges once damping * scale > |mu|, with damping < 2 so that mu = 0 still converges
             fix = (f"damping * scale above {-mu:.4g} with damping below 2 (e.g. damping 1 and scale "
