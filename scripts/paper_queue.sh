@@ -32,21 +32,22 @@ LANE_N=${BASH_REMATCH[2]}
 # Arnoldi solver) diverges, the Hessian having an eigenvalue of about -2466 (docs/ecg5000_influence.md)
 ECG_EXAMPLES='protocol.examples.explainers=[tracin,simplex,dknn]'
 
-# name | estimated minutes on 2 CPU cores | make arguments
+# name | estimated minutes, for STOP_AT: rounded up from the runs measured in a 1-thread lane beside another where
+# they exist (results/TIMES-paper.md; a single 2-thread queue is as fast or faster), else scaled | make arguments
 UNITS=(
   "mnist_consistency features seed 1|25|consistency-features CONSISTENCY=mnist_consistency:1"
-  "mnist_consistency examples seed 1|90|consistency-examples CONSISTENCY=mnist_consistency:1"
+  "mnist_consistency examples seed 1|60|consistency-examples CONSISTENCY=mnist_consistency:1"
   "mnist_consistency features seed 2|25|consistency-features CONSISTENCY=mnist_consistency:2"
-  "mnist_consistency examples seed 2|90|consistency-examples CONSISTENCY=mnist_consistency:2"
+  "mnist_consistency examples seed 2|60|consistency-examples CONSISTENCY=mnist_consistency:2"
   "mnist_consistency features seed 3|25|consistency-features CONSISTENCY=mnist_consistency:3"
-  "mnist_consistency examples seed 3|90|consistency-examples CONSISTENCY=mnist_consistency:3"
+  "mnist_consistency examples seed 3|60|consistency-examples CONSISTENCY=mnist_consistency:3"
   "ecg5000_consistency features seed 42|40|consistency-features CONSISTENCY=ecg5000_consistency:42"
   "ecg5000_consistency examples seed 42 (no influence functions)|60|consistency-examples CONSISTENCY=ecg5000_consistency:42 OVERRIDES=$ECG_EXAMPLES"
 )
 for seed in 1 2 3 4 5; do
-  UNITS+=("mnist_pretext seed $seed|48|pretext PRETEXT_SEEDS=$seed")
+  UNITS+=("mnist_pretext seed $seed|65|pretext PRETEXT_SEEDS=$seed")
 done
-UNITS+=("mnist_roar seed 1|60|roar ROAR_SEEDS=1")
+UNITS+=("mnist_roar seed 1|40|roar ROAR_SEEDS=1")
 for seed in 1 2 3 4 5; do
   for model in beta_vae tc_vae; do
     for beta in 1 5 10; do
