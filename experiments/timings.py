@@ -1,4 +1,4 @@
-"""How long each part of a scale took: measured wall times from the finished runs, estimates only where none ran.
+"""How long each part of a scale took: measured wall times from the finished runs, estimates only for runs not yet made.
 
     python -m experiments.timings --runs outputs results/runs --scale paper --out results/TIMES-paper.md
 
@@ -8,7 +8,8 @@ measurement. A *part* is the folder of a sweep: ``<experiment>/<scale>/<part>/..
 once. Runs whose model came from the cache, or whose training resumed after an interruption, are listed apart: their
 wall time leaves (some of) the training out.
 Parts that no run measured are taken from ``configs/timings.yaml`` (estimates with their basis) and labelled
-"estimate"; a measured part never shows an estimate.
+"estimate"; a part with fewer finished runs than its estimate plans (e.g. 2 of 30 VAEs) shows its measured runs
+and, on a row labelled as an estimate, the runs still to come.
 """
 
 from __future__ import annotations
@@ -100,12 +101,13 @@ def _minutes(seconds: float) -> str:
 
 def timing_table(frame: pd.DataFrame, estimates: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Per ``experiment/part``: runs, minutes per run (median, min-max), total hours, and whether measured
-    (trained / from cache) or estimated."""
+    (trained / from cache) or estimated. A part's estimate (``runs`` planned) fills the runs no finished run has
+    measured yet: the whole part when none has, else a row for the rest."""
     rows: list[dict[str, Any]] = []
-    measured = set()
+    measured: dict[str, int] = {}  # finished runs per part
     for (experiment, part), group in frame.groupby(["experiment", "part"], sort=True):
         key = f"{experiment}/{part}"
-        measured.add(key)
+        measured[key] = len(group)
         for source, runs in group.groupby("source", sort=True):
             seconds = runs["wall_seconds"]
             threads = sorted({int(t) for t in runs["threads"].dropna()})
@@ -120,10 +122,13 @@ def timing_table(frame: pd.DataFrame, estimates: dict[str, dict[str, Any]]) -> p
                           + (f", {'/'.join(map(str, threads))} thread{'' if threads == [1] else 's'}" if threads else ""),
             })
     for key, estimate in sorted(estimates.items()):
-        if key in measured:
+        planned, minutes = int(estimate["runs"]), float(estimate["minutes_per_run"])
+        runs = planned - measured.get(key, 0)
+        if runs <= 0:
             continue
-        runs, minutes = int(estimate["runs"]), float(estimate["minutes_per_run"])
-        rows.append({"part": key, "source": f"estimate ({estimate['basis']})", "runs": runs,
+        source = (f"estimate ({estimate['basis']})" if key not in measured
+                  else f"estimate for the {runs} of {planned} runs not measured yet ({estimate['basis']})")
+        rows.append({"part": key, "source": source, "runs": runs,
                      "minutes per run (median)": f"~{minutes:g}", "range": "-",
                      "total hours": f"~{runs * minutes / 60:.1f}", "device": estimate.get("device", "cpu")})
     return pd.DataFrame(rows)
@@ -133,8 +138,9 @@ def write_timings(roots: Sequence[str | Path], scale: str, out: Path) -> pd.Data
     """The timing table of ``scale`` as Markdown at ``out`` (and returned)."""
     table = timing_table(collect_timings(roots, scale), load_estimates(scale))
     text = (f"# Wall times at {scale} scale\n\n"
-            "Measured rows come from each finished run's `summary.json` (`python -m experiments.timings`); a part "
-            "no run has measured shows the estimate of `configs/timings.yaml` and says so.\n\n"
+            "Measured rows come from each finished run's `summary.json` (`python -m experiments.timings`); runs not "
+            "made yet (a whole part, or the rest of a partly measured one) show the estimate of `configs/timings.yaml` "
+            "and say so.\n\n"
             + (to_markdown(table) if not table.empty else "No finished run and no estimate.\n"))
     save_text(text, out)
     log.info("wrote %s (%d parts)", out, len(table))

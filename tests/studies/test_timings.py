@@ -1,5 +1,5 @@
-"""The wall-time table: measured parts from summary.json, one row per run found twice, estimates only where no
-run measured the part."""
+"""The wall-time table: measured parts from summary.json, one row per run found twice, estimates only for the
+runs no finished run has measured."""
 
 from __future__ import annotations
 
@@ -38,14 +38,21 @@ def test_measured_parts_and_duplicates(tmp_path: Path) -> None:
     assert table.loc["mnist_consistency/examples", "source"] == "measured, models from the cache"
 
 
-def test_estimates_fill_only_unmeasured_parts(tmp_path: Path) -> None:
+def test_estimates_fill_the_runs_not_measured_yet(tmp_path: Path) -> None:
     _run(tmp_path, "features/seed=1", 600.0, "2026-12-01T10:00:00+00:00")
+    _run(tmp_path, "examples/seed=1", 600.0, "2026-12-01T10:00:00+00:00")
+    _run(tmp_path, "examples/seed=2", 660.0, "2026-12-01T11:00:00+00:00")
     estimates = {"mnist_consistency/features": {"runs": 3, "minutes_per_run": 99, "basis": "guess"},
+                 "mnist_consistency/examples": {"runs": 2, "minutes_per_run": 50, "basis": "guess"},
                  "mnist_roar/sweep": {"runs": 1, "minutes_per_run": 180, "basis": "scaled from quick"}}
-    table = timing_table(collect_timings([tmp_path], "paper"), estimates).set_index("part")
-    assert table.loc["mnist_consistency/features", "source"] == "measured"
-    assert table.loc["mnist_roar/sweep", "source"] == "estimate (scaled from quick)"
-    assert table.loc["mnist_roar/sweep", "total hours"] == "~3.0"
+    table = timing_table(collect_timings([tmp_path], "paper"), estimates)
+    features = table[table["part"] == "mnist_consistency/features"]
+    assert list(features["source"]) == ["measured", "estimate for the 2 of 3 runs not measured yet (guess)"]
+    assert list(features["runs"]) == [1, 2] and list(features["total hours"]) == ["0.17", "~3.3"]
+    examples = table[table["part"] == "mnist_consistency/examples"]  # every planned run measured: no estimate
+    assert list(examples["source"]) == ["measured"] and examples["runs"].item() == 2
+    roar = table[table["part"] == "mnist_roar/sweep"]
+    assert roar["source"].item() == "estimate (scaled from quick)" and roar["total hours"].item() == "~3.0"
     out = tmp_path / "TIMES-paper.md"
     write_timings([tmp_path], "paper", out)
     assert "mnist_consistency/features" in out.read_text()
