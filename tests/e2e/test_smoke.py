@@ -33,8 +33,18 @@ def reference_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def kernels_differ() -> str | None:
+    """Why the exact tables cannot be compared on this machine (its float kernels are not the references'), or None."""
+    written_on, here = FINGERPRINT.read_text().strip(), kernel_fingerprint()
+    if here == written_on:
+        return None
+    return (f"exact tables not compared: this CPU's float kernels (fingerprint {here}) are not those of the machine "
+            f"that wrote the references ({written_on}); see tests/reference/make_reference_tables.py")
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path, reference_threads):
+def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path, reference_threads, kernels_differ):
     cfg = compose_config(f"experiment={experiment}", "scale=smoke")
     run_dir = tmp_path / "run"
     summary = run(cfg, run_dir)
@@ -54,11 +64,8 @@ def test_smoke_run_of_every_experiment(experiment, compose_config, tmp_path, ref
     # the same tables as the code before the restructuring wrote (tests/reference/make_reference_tables.py)
     references = sorted((REFERENCES / experiment).glob("*.csv"))
     assert references and sorted(p.name for p in tables) == [p.name for p in references]
-    written_on, here = FINGERPRINT.read_text().strip(), kernel_fingerprint()
-    if here != written_on:
-        pytest.skip(f"exact tables not compared: this CPU's float kernels (fingerprint {here}) differ from those of the "
-                    f"machine that wrote the references ({written_on}); python -m tests.reference.make_reference_tables "
-                    "--check on such a machine, or rewrite them here from a commit whose tables are known good")
+    if kernels_differ:
+        pytest.skip(kernels_differ)
     for reference in references:
         pd.testing.assert_frame_equal(pd.read_csv(run_dir / reference.name), pd.read_csv(reference))
 
