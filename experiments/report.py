@@ -9,7 +9,8 @@ whose results are missing is listed as "not run". One report per scale: ``<resul
 Every row says the scale it rests on. A claim not run at a scale that has a fallback (``report.fallback`` in
 ``configs/claims.yaml``: paper -> quick) shows the fallback scale's evidence and verdict beside "not run", and a
 claim on a data set listed in ``report.needs_gpu`` reads "needs GPU, quick-scale evidence only" there: its
-paper-scale runs take days on a CPU (README, time table).
+paper-scale runs take days on a CPU (README, time table). A row run on fewer seeds than the Makefile plans at
+that scale (``report.planned_seeds``) is "incomplete": a sweep spread over several sessions is not yet a verdict.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from experiments.aggregation import to_markdown
-from experiments.claims import NOT_RUN, VERDICTS, Claim
+from experiments.claims import INCOMPLETE, NOT_RUN, VERDICTS, Claim
 from experiments.config import SCALES, container
 from experiments.studies import STUDIES
 from labelfree.io import save_text
@@ -38,8 +39,9 @@ RULES = Path(__file__).resolve().parents[1] / "configs" / "claims.yaml"
 
 def report_rules(path: Path = RULES) -> dict:
     """The report's own rules: ``fallback`` (scale -> scale whose evidence stands in), ``needs_gpu`` and
-    ``method_notes`` (method -> what a reader must know about the rows that measured it) and ``claim_notes``
-    (scale -> claim -> why something the claim names is missing there)."""
+    ``method_notes`` (method -> what a reader must know about the rows that measured it), ``claim_notes``
+    (scale -> claim -> why something the claim names is missing there) and ``planned_seeds`` (scale -> claim ->
+    ``{make, seeds}``: the Makefile variable of its default seeds at that scale and those seeds)."""
     node = container(OmegaConf.load(path)).get("report") or {}
     fallback = node.get("fallback", {})
     unknown = sorted((set(fallback) | set(fallback.values())) - set(SCALES))
@@ -48,7 +50,10 @@ def report_rules(path: Path = RULES) -> dict:
     return {"fallback": dict(fallback), "needs_gpu": list(node.get("needs_gpu", [])),
             "method_notes": {str(k): str(v) for k, v in (node.get("method_notes") or {}).items()},
             "claim_notes": {str(scale): {str(k): str(v) for k, v in (notes or {}).items()}
-                            for scale, notes in (node.get("claim_notes") or {}).items()}}
+                            for scale, notes in (node.get("claim_notes") or {}).items()},
+            "planned_seeds": {str(scale): {str(k): {"make": str(v["make"]), "seeds": [int(s) for s in v["seeds"]]}
+                                           for k, v in (plans or {}).items()}
+                              for scale, plans in (node.get("planned_seeds") or {}).items()}}
 
 
 def _noted(claim: Claim, *notes: str) -> Claim:
@@ -64,6 +69,28 @@ def with_claim_notes(claims: Sequence[Claim], notes: dict[str, str], scale: str)
         raise ValueError(f"report.claim_notes.{scale} names claims that do not exist: {unknown}")
     return [_noted(c, notes[c.claim]) if c.claim in notes and c.verdict != NOT_RUN and c.scale in ("", scale) else c
             for c in claims]
+
+
+def with_planned_seeds(claims: Sequence[Claim], plans: dict[str, dict], scale: str) -> list[Claim]:
+    """``claims`` with every row run at ``scale`` on fewer than its planned seeds (``plans[claim]["seeds"]``)
+    made "incomplete": a partial sweep is not a verdict at that scale. Its note names the seeds not run yet and
+    the verdict on the seeds measured. Rows showing another scale's evidence are left as they are; a plan naming
+    no claim is an error (a renamed claim, a typo)."""
+    unknown = sorted(set(plans) - {c.claim for c in claims})
+    if unknown:
+        raise ValueError(f"report.planned_seeds.{scale} names claims that do not exist: {unknown}")
+    out = []
+    for claim in claims:
+        planned = plans.get(claim.claim, {}).get("seeds", [])
+        not_run = sorted(set(planned) - set(claim.seeds))
+        if claim.verdict == NOT_RUN or claim.scale not in ("", scale) or not not_run:
+            out.append(claim)
+            continue
+        note = (f"partial sweep: seeds {', '.join(map(str, not_run))} of the planned "
+                f"{', '.join(map(str, planned))} not run yet (`make` variable {plans[claim.claim]['make']}); "
+                f"on the {len(claim.seeds)} measured: {claim.verdict}")
+        out.append(_noted(replace(claim, verdict=INCOMPLETE), note))
+    return out
 
 
 def with_method_notes(claims: Sequence[Claim], notes: dict[str, str]) -> list[Claim]:
@@ -159,7 +186,8 @@ def render(claims: Sequence[Claim], scale: str, runs: pd.DataFrame | None = None
         "Verdicts: *holds* when every inequality of the claim has its confidence interval above its margin "
         "(Student's t across seeds; with one seed, the spread over test examples); *does not hold* when one lies "
         "below; *inconclusive* when the spread is too large for the number of seeds; *incomplete* when a method, "
-        "level or seed the claim names was not measured; *not run* when nothing was.",
+        "level or seed the claim names, or a seed the Makefile runs at this scale, was not measured (a partial "
+        "sweep; its note gives the verdict on the seeds measured); *not run* when nothing was.",
         "",
         to_markdown(table),
         "## Settings and runs read",
@@ -190,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.scale in extra["fallback"]:
         other = extra["fallback"][args.scale]
         claims = with_fallback(claims, args.scale, collect_claims(results, other), other, extra["needs_gpu"])
+    claims = with_planned_seeds(claims, extra["planned_seeds"].get(args.scale, {}), args.scale)
     claims = with_method_notes(claims, extra["method_notes"])
     claims = with_claim_notes(claims, extra["claim_notes"].get(args.scale, {}), args.scale)
     out = Path(args.out) if args.out else report_path(results, args.scale)

@@ -295,3 +295,31 @@ def test_claim_notes_reach_only_rows_run_at_their_scale_and_must_name_a_claim():
     assert marked[1].note == "", "a row borrowed from quick scale does not get the paper-scale note"
     with pytest.raises(ValueError, match="do not exist"):
         report.with_claim_notes(rows, {"Example consistency, ECG": "typo"}, "paper")
+
+
+def test_a_partial_sweep_is_incomplete_at_its_scale_and_says_what_is_missing():
+    plans = report.report_rules()["planned_seeds"]["paper"]
+    assert plans["Disentangled VAEs, MNIST"] == {"make": "DISVAE_SEEDS", "seeds": [1, 2, 3, 4, 5]}
+    rows = [Claim("Disentangled VAEs, MNIST", "p", "m", verdict=HOLDS, seeds=(1, 2), satisfied=2, scale="paper"),
+            Claim("ROAR, MNIST", "p", "m", verdict=HOLDS, seeds=(1,), satisfied=1, scale="paper"),
+            Claim("Pretext sensitivity, MNIST", "p", "m", verdict=HOLDS, seeds=(1,), scale="quick",
+                  status="not run at paper scale yet; quick scale: holds"),
+            Claim("Feature consistency, MNIST", "p", "-")]
+    marked = report.with_planned_seeds(rows, {c.claim: plans[c.claim] for c in rows}, "paper")
+    vae, roar, borrowed, not_run = marked
+    assert vae.verdict == INCOMPLETE and vae.per_seed == "2 of 2"
+    assert vae.note == ("partial sweep: seeds 3, 4, 5 of the planned 1, 2, 3, 4, 5 not run yet "
+                        "(`make` variable DISVAE_SEEDS); on the 2 measured: holds")
+    assert roar == rows[1], "every planned seed measured: the verdict stands"
+    assert borrowed == rows[2], "a row showing quick-scale evidence is not judged against the paper plan"
+    assert not_run.verdict == NOT_RUN
+    text = report.render(marked, "paper")
+    assert "| incomplete | partial sweep: seeds 3, 4, 5" in text
+    with pytest.raises(ValueError, match="do not exist"):
+        report.with_planned_seeds(rows, {"ROAR, MNIST ": {"make": "ROAR_SEEDS", "seeds": [1]}}, "paper")
+
+
+def test_every_planned_claim_exists(tmp_path):
+    names = {c.claim for c in report.collect_claims(tmp_path, "paper")}
+    for scale, plans in report.report_rules()["planned_seeds"].items():
+        assert set(plans) <= names, (scale, sorted(set(plans) - names))

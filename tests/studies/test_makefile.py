@@ -36,6 +36,14 @@ def test_paper_scale_seeds(variable, seeds):
     assert _make_value(variable, "paper") == seeds
 
 
+def test_the_reports_planned_seeds_are_the_makefiles_defaults():
+    from experiments.report import report_rules
+
+    for scale, plans in report_rules()["planned_seeds"].items():
+        for claim, plan in plans.items():
+            assert _make_value(plan["make"], scale) == ",".join(map(str, plan["seeds"])), (scale, claim)
+
+
 def test_the_gpu_check_refuses_to_run_without_cuda():
     import sys
 
