@@ -67,9 +67,10 @@ keep:  ## copy every finished run's small outputs (tables, config, summary, figu
 figures:  ## every study's aggregation of the runs under RUNS into RESULTS (SCALE)
 	$(AGGREGATE)
 
-report:  ## the claim report of SCALE (RESULTS/REPORT-<scale>.md) and its wall times (RESULTS/TIMES-<scale>.md)
+report:  ## the claim report of SCALE (RESULTS/REPORT-<scale>.md), its wall times (RESULTS/TIMES-<scale>.md; SYNC_README=README.md copies them there)
 	$(PYTHON) -m experiments.report --results $(RESULTS) --scale $(SCALE)
-	$(PYTHON) -m experiments.timings --runs $(RUNS) $(KEPT_RUNS) --scale $(SCALE) --out $(RESULTS)/TIMES-$(SCALE).md
+	$(PYTHON) -m experiments.timings --runs $(RUNS) $(KEPT_RUNS) --scale $(SCALE) --out $(RESULTS)/TIMES-$(SCALE).md \
+		$(if $(SYNC_README),--readme $(SYNC_README))
 
 # Every experiment, then every figure, table and the claim report. Restartable: finished runs are
 # skipped and trained models come from the cache.

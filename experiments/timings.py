@@ -10,6 +10,9 @@ wall time leaves (some of) the training out.
 Parts that no run measured are taken from ``configs/timings.yaml`` (estimates with their basis) and labelled
 "estimate"; a part with fewer finished runs than its estimate plans (e.g. 2 of 30 VAEs) shows its measured runs
 and, on a row labelled as an estimate, the runs still to come.
+
+``--readme README.md`` also copies the table into the README, between ``<!-- times:<scale> -->`` and
+``<!-- /times:<scale> -->`` (a test checks that the committed README and ``results/TIMES-paper.md`` agree).
 """
 
 from __future__ import annotations
@@ -147,14 +150,43 @@ def write_timings(roots: Sequence[str | Path], scale: str, out: Path) -> pd.Data
     return table
 
 
+README_MARKERS = ("<!-- times:{scale} -->", "<!-- /times:{scale} -->")
+
+
+def readme_table(text: str, scale: str) -> tuple[int, int]:
+    """Start and end offsets of the time table of ``scale`` between the README's markers (``README_MARKERS``)."""
+    start, end = (m.format(scale=scale) for m in README_MARKERS)
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"the README needs exactly one '{start}' followed by one '{end}' around its {scale} time table")
+    return text.index(start) + len(start), text.index(end)
+
+
+def sync_readme(readme: Path, times: Path, scale: str) -> bool:
+    """Copy the table of ``times`` (``TIMES-<scale>.md``) between the README's markers; True when it changed."""
+    table = times.read_text()
+    table = table[table.index("| part |"):]
+    text = readme.read_text()
+    start, end = readme_table(text, scale)
+    new = text[:start] + "\n\n" + table.strip("\n") + "\n\n" + text[end:]
+    if new != text:
+        save_text(new, readme)
+    return new != text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["outputs", "results/runs"], help="roots of run folders")
     parser.add_argument("--scale", default="paper")
     parser.add_argument("--out", default=None, help="default: results/TIMES-<scale>.md")
+    parser.add_argument("--readme", default=None,
+                        help="also copy the table into this README, between its times markers (README_MARKERS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_timings(args.runs, args.scale, Path(args.out or f"results/TIMES-{args.scale}.md"))
+    out = Path(args.out or f"results/TIMES-{args.scale}.md")
+    write_timings(args.runs, args.scale, out)
+    if args.readme:
+        changed = sync_readme(Path(args.readme), out, args.scale)
+        log.info("%s %s", "updated" if changed else "unchanged:", args.readme)
 
 
 if __name__ == "__main__":

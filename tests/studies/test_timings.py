@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from experiments.timings import collect_timings, load_estimates, timing_table, write_timings
+from experiments.timings import (
+    collect_timings,
+    load_estimates,
+    readme_table,
+    sync_readme,
+    timing_table,
+    write_timings,
+)
+from tests import ROOT
 
 
 def _run(root: Path, relative: str, seconds: float, finished: str, cached: bool = False, scale: str = "paper",
@@ -80,3 +88,26 @@ def test_resumed_training_is_listed_apart(tmp_path: Path) -> None:
     table = timing_table(collect_timings([tmp_path], "paper"), {})
     assert sorted(table["source"]) == ["measured", "measured, training resumed (earlier epochs not counted)"]
     assert table[table["source"] == "measured"]["runs"].item() == 1
+
+
+def test_the_readme_table_is_copied_between_its_markers(tmp_path: Path) -> None:
+    times = tmp_path / "TIMES-paper.md"
+    times.write_text("# Wall times\n\nintro\n\n| part | runs |\n|---|---|\n| a/sweep | 3 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- times:paper -->\nold table\n<!-- /times:paper -->\nafter\n")
+    assert sync_readme(readme, times, "paper")
+    assert readme.read_text() == ("before\n<!-- times:paper -->\n\n| part | runs |\n|---|---|\n| a/sweep | 3 |\n\n"
+                                  "<!-- /times:paper -->\nafter\n")
+    assert not sync_readme(readme, times, "paper"), "a second copy changes nothing"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="times:paper"):
+        sync_readme(readme, times, "paper")
+
+
+def test_the_committed_readme_shows_the_committed_paper_times() -> None:
+    text = (ROOT / "README.md").read_text()
+    start, end = readme_table(text, "paper")
+    times = (ROOT / "results" / "TIMES-paper.md").read_text()
+    assert text[start:end].strip() == times[times.index("| part |"):].strip(), (
+        "README's time table differs from results/TIMES-paper.md: python -m experiments.timings --runs outputs "
+        "results/runs --scale paper --readme README.md")
