@@ -87,8 +87,8 @@ def with_planned_seeds(claims: Sequence[Claim], plans: dict[str, dict], scale: s
             out.append(claim)
             continue
         note = (f"partial sweep: seeds {', '.join(map(str, not_run))} of the planned "
-                f"{', '.join(map(str, planned))} not run yet (`make` variable {plans[claim.claim]['make']}); "
-                f"on the {len(claim.seeds)} measured: {claim.verdict}")
+                f"{', '.join(map(str, planned))} not run yet (`make` variable {plans[claim.claim]['make']})"
+                + (f"; on the {len(claim.seeds)} measured: {claim.verdict}" if claim.verdict != INCOMPLETE else ""))
         out.append(_noted(replace(claim, verdict=INCOMPLETE), note))
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -313,6 +314,10 @@ def test_a_partial_sweep_is_incomplete_at_its_scale_and_says_what_is_missing():
     assert roar == rows[1], "every planned seed measured: the verdict stands"
     assert borrowed == rows[2], "a row showing quick-scale evidence is not judged against the paper plan"
     assert not_run.verdict == NOT_RUN
+    already = report.with_planned_seeds([replace(rows[0], verdict=INCOMPLETE, note="tc_vae not measured")],
+                                        {rows[0].claim: plans[rows[0].claim]}, "paper")[0]
+    assert already.note == ("tc_vae not measured; partial sweep: seeds 3, 4, 5 of the planned 1, 2, 3, 4, 5 not run "
+                            "yet (`make` variable DISVAE_SEEDS)"), "no verdict 'on the seeds measured' to add"
     text = report.render(marked, "paper")
     assert "| incomplete | partial sweep: seeds 3, 4, 5" in text
     with pytest.raises(ValueError, match="do not exist"):
