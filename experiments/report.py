@@ -11,6 +11,8 @@ Every row says the scale it rests on. A claim not run at a scale that has a fall
 claim on a data set listed in ``report.needs_gpu`` reads "needs GPU, quick-scale evidence only" there: its
 paper-scale runs take days on a CPU (README, time table). A row run on fewer seeds than the Makefile plans at
 that scale (``report.planned_seeds``) is "incomplete": a sweep spread over several sessions is not yet a verdict.
+A scale with a fallback also gets a section setting each of its verdicts beside the fallback scale's, for every
+claim run at both (:func:`scale_comparison`).
 """
 
 from __future__ import annotations
@@ -121,6 +123,21 @@ def with_fallback(claims: Sequence[Claim], scale: str, fallback: Sequence[Claim]
     return out
 
 
+def scale_comparison(claims: Sequence[Claim], scale: str, other: Sequence[Claim], other_scale: str) -> pd.DataFrame:
+    """Per claim run at both scales (``claims`` at ``scale``, after :func:`with_fallback`; ``other`` at
+    ``other_scale``, matched by name): both verdicts, their seeds, and whether they differ."""
+    by_name = {c.claim: c for c in other}
+    rows = []
+    for claim in claims:
+        theirs = by_name.get(claim.claim)
+        if claim.scale != scale or claim.verdict == NOT_RUN or theirs is None or theirs.verdict == NOT_RUN:
+            continue
+        rows.append({"claim": claim.claim, scale: f"{claim.verdict} ({claim.per_seed})",
+                     other_scale: f"{theirs.verdict} ({theirs.per_seed})",
+                     "differs": "**yes**" if claim.verdict != theirs.verdict else "no"})
+    return pd.DataFrame(rows, columns=["claim", scale, other_scale, "differs"])
+
+
 def load_rules(path: Path = RULES) -> dict:
     """The claim rules, one node per study (each with the shared ``confidence``)."""
     rules = container(OmegaConf.load(path))
@@ -164,8 +181,10 @@ def runs_read(results: Path, scale: str) -> pd.DataFrame:
                                        "runs finished"])
 
 
-def render(claims: Sequence[Claim], scale: str, runs: pd.DataFrame | None = None) -> str:
-    """The Markdown report of one scale."""
+def render(claims: Sequence[Claim], scale: str, runs: pd.DataFrame | None = None,
+           comparison: pd.DataFrame | None = None) -> str:
+    """The Markdown report of one scale; ``comparison`` (:func:`scale_comparison`) adds a section setting its
+    verdicts beside another scale's."""
     table = pd.DataFrame([{"claim": c.claim, "paper": c.paper, "measured": c.measured, "scale": c.scale or scale,
                            "seeds": len(c.seeds), "seeds satisfying": c.per_seed, "verdict": c.status or c.verdict,
                            "note": c.note} for c in claims])
@@ -190,6 +209,19 @@ def render(claims: Sequence[Claim], scale: str, runs: pd.DataFrame | None = None
         "sweep; its note gives the verdict on the seeds measured); *not run* when nothing was.",
         "",
         to_markdown(table),
+    ]
+    if comparison is not None and len(comparison):
+        other = comparison.columns[2]
+        differ = int((comparison["differs"] != "no").sum())
+        lines += [
+            f"## Against {other} scale",
+            "",
+            f"Every claim run at both scales, its verdict at each (seeds satisfying every inequality on their own, "
+            f"out of the seeds measured): {differ} of {len(comparison)} differ.",
+            "",
+            to_markdown(comparison),
+        ]
+    lines += [
         "## Settings and runs read",
         "",
         "Settings of each experiment at this scale: " + (", ".join(
@@ -215,14 +247,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = Path(args.results)
     claims = collect_claims(results, args.scale)
     extra = report_rules()
+    comparison = None
     if args.scale in extra["fallback"]:
         other = extra["fallback"][args.scale]
-        claims = with_fallback(claims, args.scale, collect_claims(results, other), other, extra["needs_gpu"])
+        other_claims = with_claim_notes(with_planned_seeds(
+            [replace(c, scale=other) for c in collect_claims(results, other)],
+            extra["planned_seeds"].get(other, {}), other), extra["claim_notes"].get(other, {}), other)
+        claims = with_fallback(claims, args.scale, other_claims, other, extra["needs_gpu"])
     claims = with_planned_seeds(claims, extra["planned_seeds"].get(args.scale, {}), args.scale)
     claims = with_method_notes(claims, extra["method_notes"])
     claims = with_claim_notes(claims, extra["claim_notes"].get(args.scale, {}), args.scale)
+    if args.scale in extra["fallback"]:
+        comparison = scale_comparison(claims, args.scale, other_claims, extra["fallback"][args.scale])
     out = Path(args.out) if args.out else report_path(results, args.scale)
-    save_text(render(claims, args.scale, runs_read(results, args.scale)), out)
+    save_text(render(claims, args.scale, runs_read(results, args.scale), comparison), out)
     for c in claims:
         log.info("%-40s %-14s %s seeds", c.claim, c.verdict, c.per_seed)
 

@@ -328,3 +328,21 @@ def test_every_planned_claim_exists(tmp_path):
     names = {c.claim for c in report.collect_claims(tmp_path, "paper")}
     for scale, plans in report.report_rules()["planned_seeds"].items():
         assert set(plans) <= names, (scale, sorted(set(plans) - names))
+
+
+def test_the_paper_report_sets_each_verdict_beside_the_quick_one():
+    paper = [Claim("A", "p", "m", verdict=HOLDS, seeds=(1, 2, 3), satisfied=3, scale="paper"),
+             Claim("B", "p", "m", verdict=HOLDS, seeds=(1, 2, 3), satisfied=3, scale="paper"),
+             Claim("C", "p", "m", verdict=INCONCLUSIVE, seeds=(1,), scale="quick", status="not run at paper scale yet"),
+             Claim("D", "p", "-", scale="-")]
+    quick = [Claim("A", "p", "m", verdict=HOLDS, seeds=(1,), satisfied=1, scale="quick"),
+             Claim("B", "p", "m", verdict=INCONCLUSIVE, seeds=(1,), satisfied=0, scale="quick"),
+             Claim("C", "p", "m", verdict=INCONCLUSIVE, seeds=(1,), scale="quick")]
+    table = report.scale_comparison(paper, "paper", quick, "quick")
+    assert table.to_dict("records") == [
+        {"claim": "A", "paper": "holds (3 of 3)", "quick": "holds (1 of 1)", "differs": "no"},
+        {"claim": "B", "paper": "holds (3 of 3)", "quick": "inconclusive (0 of 1)", "differs": "**yes**"}], (
+        "only claims run at both scales: C borrows quick evidence, D was run nowhere")
+    text = report.render(paper, "paper", comparison=table)
+    assert "## Against quick scale" in text and "1 of 2 differ" in text
+    assert "## Against" not in report.render(paper, "paper")
