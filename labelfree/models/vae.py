@@ -270,7 +270,8 @@ class BetaTCVAE(VAE):
 
     Args:
         dataset_size: N, the number of training examples (the weights of the ``mss`` estimator).
-        estimator: ``mss`` (the paper's code) or ``mws``.
+        estimator: ``mss`` (minibatch-stratified) or ``mws`` (minibatch-weighted: the authors' code, ``is_mss=False``,
+            and the choice of ``configs/model/tc_vae.yaml``).
     """
 
     #: The estimates of log q(z) use every example of the batch: not a sum of per-example terms.
