@@ -247,18 +247,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = Path(args.results)
     claims = collect_claims(results, args.scale)
     extra = report_rules()
-    comparison = None
-    if args.scale in extra["fallback"]:
-        other = extra["fallback"][args.scale]
+    other = extra["fallback"].get(args.scale)
+    if other:
         other_claims = with_claim_notes(with_planned_seeds(
-            [replace(c, scale=other) for c in collect_claims(results, other)],
-            extra["planned_seeds"].get(other, {}), other), extra["claim_notes"].get(other, {}), other)
+            collect_claims(results, other), extra["planned_seeds"].get(other, {}), other),
+            extra["claim_notes"].get(other, {}), other)
         claims = with_fallback(claims, args.scale, other_claims, other, extra["needs_gpu"])
     claims = with_planned_seeds(claims, extra["planned_seeds"].get(args.scale, {}), args.scale)
     claims = with_method_notes(claims, extra["method_notes"])
     claims = with_claim_notes(claims, extra["claim_notes"].get(args.scale, {}), args.scale)
-    if args.scale in extra["fallback"]:
-        comparison = scale_comparison(claims, args.scale, other_claims, extra["fallback"][args.scale])
+    comparison = scale_comparison(claims, args.scale, other_claims, other) if other else None
     out = Path(args.out) if args.out else report_path(results, args.scale)
     save_text(render(claims, args.scale, runs_read(results, args.scale), comparison), out)
     for c in claims:
