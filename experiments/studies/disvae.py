@@ -7,7 +7,8 @@ Aggregated outputs under ``<results>/disvae/<scale>/`` (both data sets together)
   (dataset, loss, beta, metric); ``disvae_runs.json``: the runs read and those skipped;
 * ``disvae_mean_std.{csv,md,tex}``: one row per (dataset, loss, beta), one ``mean +/- std`` column per metric;
 * ``disvae_trend.{csv,md,tex}``: per (dataset, loss, metric) the mean at each beta, the least-squares slope of
-  the runs' values against beta, and ``falls``: whether the mean decreases at every step of beta;
+  the runs' values against beta, ``falls``: whether the mean decreases at every step of beta, and ``seeds``: how
+  many seeds these rest on (those that have run every beta, while a sweep is partial);
 * ``disvae_<dataset>_boxplots.{png,pdf}``: each metric against beta, one colour per loss;
 * ``disvae_units_<dataset>_<loss>_beta<b>_seed<s>.png``: the unit-map figure of the lowest seed of each model.
 """
@@ -146,23 +147,33 @@ def mean_std_table(stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return wide.rename_axis(columns=None).reset_index()
 
 
-def trend_table(frame: pd.DataFrame, stats: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+def trend_table(frame: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """Per (dataset, loss, metric): the mean at each beta, the slope of the runs' values against beta (least
-    squares) and whether the mean falls at every step of beta (``falls``)."""
+    squares), whether the mean falls at every step of beta (``falls``) and the seeds these rest on (``seeds``).
+
+    Only the seeds that have run every beta of their (dataset, loss) count, so that a sweep still running does
+    not set one beta's mean over some seeds against another's over others; if no seed has every beta, all do.
+    """
     rows = []
     for (dataset, loss), part in frame.groupby(["dataset", "loss"], sort=True):
+        part = part[part["value"].notna()]
+        betas = sorted(set(part["beta"].astype(float)))
+        per_seed = part.groupby("seed")["beta"].agg(lambda b: set(b.astype(float)))
+        complete = [s for s, found in per_seed.items() if set(betas) <= found]
+        if complete:
+            part = part[part["seed"].isin(complete)]
         for metric in metrics:
-            runs = part[(part["metric"] == metric) & part["value"].notna()]
-            means = stats[(stats["dataset"] == dataset) & (stats["loss"] == loss) & (stats["metric"] == metric)]
-            means = means.sort_values("beta")
-            if runs.empty or means.empty:
+            runs = part[part["metric"] == metric]
+            if runs.empty:
                 continue
-            betas, values = runs["beta"].to_numpy(float), runs["value"].to_numpy(float)
-            slope = float(np.polyfit(betas, values, 1)[0]) if len(set(betas)) > 1 else float("nan")
-            steps = np.diff(means["mean"].to_numpy(float))
+            means = runs.groupby("beta")["value"].mean().sort_index()
+            beta, values = runs["beta"].to_numpy(float), runs["value"].to_numpy(float)
+            slope = float(np.polyfit(beta, values, 1)[0]) if len(set(beta)) > 1 else float("nan")
+            steps = np.diff(means.to_numpy(float))
             row = {"dataset": dataset, "loss": loss, "metric": metric}
-            row.update({f"beta={b:g}": m for b, m in zip(means["beta"], means["mean"])})
-            row.update({"slope": slope, "falls": bool(len(steps) > 0 and (steps < 0).all())})
+            row.update({f"beta={b:g}": m for b, m in means.items()})
+            row.update({"slope": slope, "falls": bool(len(steps) > 0 and (steps < 0).all()),
+                        "seeds": int(runs["seed"].nunique())})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -173,7 +184,7 @@ def write_tables(frame: pd.DataFrame, out: Path) -> list[Path]:
     stats = mean_std(frame, KEYS)
     written = [save_csv(stats, out / f"{PREFIX}stats.csv")]
     written += write_table(stats, out / f"{PREFIX}mean_std", display=mean_std_table(stats, metrics))
-    written += write_table(trend_table(frame, stats, metrics), out / f"{PREFIX}trend")
+    written += write_table(trend_table(frame, metrics), out / f"{PREFIX}trend")
     for dataset, part in frame.groupby("dataset", sort=True):
         seeds = sorted(part["seed"].unique())
         title = (f"{dataset_label(dataset)}: how the latent units' saliency maps relate, against beta "
@@ -221,6 +232,22 @@ def slope_interval(beta: np.ndarray, value: np.ndarray, confidence: float) -> tu
     return float(slope), float(slope - half), float(slope + half)
 
 
+def _complete_seeds(rows: pd.DataFrame, per_image: pd.DataFrame,
+                    betas: Sequence[float]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """``rows`` and ``per_image`` restricted to the seeds with a row at every one of ``betas``, and a note naming
+    the seeds left out ("" when none is, or when no seed has every beta: then every row is kept)."""
+    present = rows.groupby("seed")["beta"].agg(lambda b: set(b.tolist()))
+    complete = sorted(int(s) for s, found in present.items() if set(betas) <= found)
+    left_out = sorted(int(s) for s in present.index if int(s) not in complete)
+    if not complete or not left_out:
+        return rows, per_image, ""
+    def seeds(found: list[int]) -> str:
+        return ("seeds " if len(found) > 1 else "seed ") + ", ".join(map(str, found))
+
+    note = f" [over {seeds(complete)}, with every beta; {seeds(left_out)} not yet]"
+    return rows[rows["seed"].isin(complete)], per_image[per_image["seed"].isin(complete)], note
+
+
 def vae_claim(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any]) -> Claim:
     """The correlation between latent units' saliency maps does not fall as beta grows: for each loss, the
     authors' pooled metric at the largest beta is not below its value at the smallest beta by more than
@@ -246,14 +273,18 @@ def vae_claim(frame: pd.DataFrame | None, dataset: str, rules: Mapping[str, Any]
             continue
         q.differences = {s: d + tolerance for s, d in q.differences.items()}
         inequalities.append(q)
-        means = rows.groupby("beta")["value"].mean()
         per_image = frame[(frame["loss"] == loss) & (frame["metric"] == rules["per_image_metric"])]
+        # means and slope over the seeds that have every beta, so that a partial sweep does not compare a
+        # beta's mean over some seeds with another's over others (the verdict is paired by seed anyway)
+        rows, per_image, partial = _complete_seeds(rows, per_image, betas)
+        means = rows.groupby("beta")["value"].mean()
         per_image = per_image.groupby("beta")["value"].mean()
         slope, lo, hi = slope_interval(rows["beta"].to_numpy(float), rows["value"].to_numpy(float),
                                        float(rules["confidence"]))
         parts.append(f"{loss}: " + ", ".join(f"beta={b:g} {fmt(v)}" for b, v in means.items())
                      + f" (slope {slope:+.2g} per unit beta, {float(rules['confidence']):.0%} CI [{lo:+.2g}, {hi:+.2g}]; "
-                     + f"{rules['per_image_metric']}: " + ", ".join(fmt(v) for v in per_image.to_numpy()) + ")")
+                     + f"{rules['per_image_metric']}: " + ", ".join(fmt(v) for v in per_image.to_numpy()) + ")"
+                     + partial)
         missing += [f"{loss} at beta {b:g}" for b in betas if b not in set(rows["beta"])]
     return claim_from(name, paper, f"{metric}: " + "; ".join(parts), inequalities, rules, missing)
 

@@ -220,6 +220,17 @@ def test_vae_every_verdict():
     assert disvae.vae_claim(_vae(0.6, 0.7), "dsprites", rules).verdict == NOT_RUN
 
 
+def test_vae_means_of_a_partial_sweep_use_the_seeds_with_every_beta():
+    rules = RULES["disvae"]
+    frame = _vae(0.6, 0.6)
+    # one more seed that has run only beta 1, far lower: it must not pull beta 1's mean below beta 10's
+    extra = frame[(frame["seed"] == SEEDS[0]) & (frame["beta"] == 1.0)].assign(seed=99, value=0.1)
+    claim = disvae.vae_claim(pd.concat([frame, extra], ignore_index=True), "mnist", rules)
+    assert "beta=1 0.6, beta=5 0.6, beta=10 0.6" in claim.measured
+    assert "seed 99 not yet" in claim.measured
+    assert "not yet" not in disvae.vae_claim(frame, "mnist", rules).measured
+
+
 # ---------------------------------------------------------------------------------- the report
 def test_report_on_a_results_folder_names_scale_settings_and_dates(tmp_path):
     folder = tmp_path / "mnist_consistency" / "quick"

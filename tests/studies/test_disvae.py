@@ -79,3 +79,15 @@ def test_aggregation_writes_tables_box_plots_and_trend(compose_config, tmp_path)
     again = aggregate([runs], tmp_path / "out", "smoke")
     assert sorted(p.name for p in again) == sorted(names)
     assert json.loads((out / "disvae_runs.json").read_text())["skipped"]
+
+
+def test_trend_of_a_partial_sweep_rests_on_the_seeds_with_every_beta():
+    from experiments.studies.disvae import trend_table
+
+    rows = [{"dataset": "mnist", "loss": "beta_vae", "beta": float(beta), "seed": seed, "metric": "pearson",
+             "value": 0.5 + 0.01 * beta} for seed in (1, 2) for beta in (1, 5, 10)]
+    # seed 3 has run beta 1 only, far below: counted, it would make beta 1's mean the lowest
+    rows.append({"dataset": "mnist", "loss": "beta_vae", "beta": 1.0, "seed": 3, "metric": "pearson", "value": -1.0})
+    trend = trend_table(pd.DataFrame(rows), ["pearson"]).iloc[0]
+    assert trend["beta=1"] == pytest.approx(0.51) and trend["beta=10"] == pytest.approx(0.6)
+    assert trend["slope"] == pytest.approx(0.01) and not trend["falls"] and trend["seeds"] == 2
