@@ -33,7 +33,7 @@ LANE_N=${BASH_REMATCH[2]}
 ECG_EXAMPLES='protocol.examples.explainers=[tracin,simplex,dknn]'
 
 # name | estimated minutes, for STOP_AT: rounded up from the runs measured in a 1-thread lane beside another where
-# they exist (results/TIMES-paper.md; a single 2-thread queue is as fast or faster; the VAEs: 16-18 min measured on
+# they exist (results/TIMES-paper.md; a single 2-thread queue is as fast or faster; the VAEs: 10-22 min measured on
 # 2 threads alone), else scaled | make arguments
 UNITS=(
   "mnist_consistency features seed 1|25|consistency-features CONSISTENCY=mnist_consistency:1"
@@ -52,7 +52,7 @@ UNITS+=("mnist_roar seed 1|40|roar ROAR_SEEDS=1")
 for seed in 1 2 3 4 5; do
   for model in beta_vae tc_vae; do
     for beta in 1 5 10; do
-      UNITS+=("mnist_disvae $model beta=$beta seed $seed|20|disvae DISVAE_EXPERIMENTS=mnist_disvae DISVAE_MODELS=$model DISVAE_BETAS=$beta DISVAE_SEEDS=$seed")
+      UNITS+=("mnist_disvae $model beta=$beta seed $seed|22|disvae DISVAE_EXPERIMENTS=mnist_disvae DISVAE_MODELS=$model DISVAE_BETAS=$beta DISVAE_SEEDS=$seed")
     done
   done
 done
